@@ -1,0 +1,256 @@
+/**
+ * The page cache: live file data in pages of the store's block size, with dirty tracking, an LRU
+ * order, a memory bound and read-ahead. It owns page memory and nothing else; it learns what a
+ * page holds on disk through a `PageSource` and never writes to the store itself (fs/commit.ts
+ * takes dirty pages from here into a transaction).
+ *
+ * Invariants:
+ * - A dirty page, or one whose data is in a commit not yet visible in the store (`pinned`), is
+ *   never evicted: it is the only up-to-date copy readers can find.
+ * - Resident pages never exceed `maxPages` except while every page is dirty or pinned; writers
+ *   then wait for a commit (`isFull`), which is how the memory bound holds under a write flood.
+ * - Bytes past a file's size inside its last page are zero (truncate keeps them so).
+ */
+import createDebug from 'debug'
+
+const debug = createDebug('snapfs:cache')
+
+/** What the cache needs from the layer below: a block's bytes, and a hint to read ahead. */
+export interface PageSource {
+  /** The stored bytes of block `index` of `ino` (a fresh buffer the cache may keep), or undefined for a hole. */
+  read: (ino: number, index: number) => Buffer | undefined
+  /** Asks the store to bring these blocks into memory in the background. */
+  prefetch: (ino: number, indexes: number[]) => void
+}
+
+export class Page {
+  readonly ino: number
+  readonly index: number
+  data: Buffer
+  dirty = false
+  /** When the page last went from clean to dirty (ms). */
+  dirtySince = 0
+  /** Sequence number of the commit carrying this page's data, until that commit is visible. */
+  pinned = 0
+  prev: Page | null = null
+  next: Page | null = null
+
+  constructor (ino: number, index: number, data: Buffer) {
+    this.ino = ino
+    this.index = index
+    this.data = data
+  }
+}
+
+/** Read-ahead window, in pages: starts small and doubles while reads stay sequential. */
+const READAHEAD_MIN = 4
+const READAHEAD_MAX = 32
+
+interface Stream { next: number, window: number, ahead: number }
+
+export class PageCache {
+  readonly pageSize: number
+  readonly maxPages: number
+  private readonly source: PageSource
+  private readonly byInode = new Map<number, Map<number, Page>>()
+  /** Dirty pages in the order they became dirty: the first is the oldest. */
+  private readonly dirtySet = new Set<Page>()
+  /** LRU list: head is the least recently used page. */
+  private head: Page | null = null
+  private tail: Page | null = null
+  private resident = 0
+  private readonly streams = new Map<number, Stream>()
+
+  constructor (pageSize: number, maxBytes: number, source: PageSource) {
+    this.pageSize = pageSize
+    this.maxPages = Math.max(16, Math.floor(maxBytes / pageSize))
+    this.source = source
+  }
+
+  get residentPages (): number {
+    return this.resident
+  }
+
+  get dirtyPages (): number {
+    return this.dirtySet.size
+  }
+
+  /** Age in ms of the oldest dirty page, 0 when nothing is dirty. */
+  oldestDirtyAge (now: number): number {
+    for (const page of this.dirtySet) return now - page.dirtySince
+    return 0
+  }
+
+  /** The resident page, if any, marked as recently used. */
+  peek (ino: number, index: number): Page | undefined {
+    const page = this.byInode.get(ino)?.get(index)
+    if (page !== undefined) this.touch(page)
+    return page
+  }
+
+  /**
+   * The page for reading: resident, or loaded from the store; undefined for a hole that is not
+   * resident (it reads as zeros). Sequential reads trigger read-ahead.
+   */
+  read (ino: number, index: number): Page | undefined {
+    this.readAhead(ino, index)
+    const page = this.peek(ino, index)
+    if (page !== undefined) return page
+    const data = this.source.read(ino, index)
+    if (data === undefined) return undefined
+    return this.insert(ino, index, data)
+  }
+
+  /**
+   * The page for writing. `whole` says the caller overwrites all of it, so a page not resident
+   * need not be read first. The caller must have checked `isFull()` (and waited for a commit).
+   */
+  write (ino: number, index: number, whole: boolean): Page {
+    const page = this.peek(ino, index)
+    if (page !== undefined) return page
+    const data = whole ? undefined : this.source.read(ino, index)
+    return this.insert(ino, index, data ?? Buffer.alloc(this.pageSize))
+  }
+
+  /** True when no page can be added without a commit first (all resident pages dirty or pinned). */
+  isFull (): boolean {
+    if (this.resident < this.maxPages) return false
+    this.evict(1)
+    return this.resident >= this.maxPages
+  }
+
+  /** True when enough is dirty that write-back should start now. */
+  wantsWriteback (): boolean {
+    return this.dirtySet.size >= this.maxPages / 2
+  }
+
+  markDirty (page: Page, now: number): void {
+    if (page.dirty) return
+    page.dirty = true
+    page.dirtySince = now
+    this.dirtySet.add(page)
+  }
+
+  /** Takes every dirty page (or only those of `ino`) for a commit: they become clean and pinned. */
+  takeDirty (seq: number, ino?: number): Page[] {
+    const taken: Page[] = []
+    for (const page of this.dirtySet) {
+      if (ino !== undefined && page.ino !== ino) continue
+      page.dirty = false
+      page.pinned = seq
+      taken.push(page)
+    }
+    for (const page of taken) this.dirtySet.delete(page)
+    return taken
+  }
+
+  /** A commit is visible in the store: its pages may be evicted again. */
+  unpin (pages: Page[], seq: number): void {
+    for (const page of pages) if (page.pinned === seq) page.pinned = 0
+    if (this.resident > this.maxPages) this.evict(this.resident - this.maxPages)
+  }
+
+  /** A commit failed: its pages are dirty again, unless rewritten or dropped since. */
+  restore (pages: Page[], seq: number, now: number): void {
+    for (const page of pages) {
+      if (page.pinned !== seq) continue
+      page.pinned = 0
+      if (this.byInode.get(page.ino)?.get(page.index) === page) this.markDirty(page, now)
+    }
+  }
+
+  /** Drops every page of `ino` from `fromIndex` on (truncate, delete); returns the dirty ones dropped. */
+  dropFrom (ino: number, fromIndex: number): number {
+    const pages = this.byInode.get(ino)
+    if (pages === undefined) return 0
+    let dirty = 0
+    for (const [index, page] of pages) {
+      if (index < fromIndex) continue
+      if (page.dirty) dirty++
+      this.remove(page)
+    }
+    if (fromIndex === 0) this.streams.delete(ino)
+    return dirty
+  }
+
+  /** Drops clean, unpinned pages in LRU order until `count` are gone or none is left to drop. */
+  evict (count: number): void {
+    let page = this.head
+    let dropped = 0
+    while (page !== null && dropped < count) {
+      const next = page.next
+      if (!page.dirty && page.pinned === 0) {
+        this.remove(page)
+        dropped++
+      }
+      page = next
+    }
+    if (dropped > 0) debug('evicted %d pages, %d resident', dropped, this.resident)
+  }
+
+  private insert (ino: number, index: number, data: Buffer): Page {
+    if (this.resident >= this.maxPages) this.evict(1 + this.resident - this.maxPages)
+    const page = new Page(ino, index, data)
+    let pages = this.byInode.get(ino)
+    if (pages === undefined) {
+      pages = new Map()
+      this.byInode.set(ino, pages)
+    }
+    pages.set(index, page)
+    this.resident++
+    this.append(page)
+    return page
+  }
+
+  private remove (page: Page): void {
+    const pages = this.byInode.get(page.ino)
+    if (pages?.get(page.index) !== page) return
+    pages.delete(page.index)
+    if (pages.size === 0) this.byInode.delete(page.ino)
+    this.dirtySet.delete(page)
+    page.dirty = false
+    this.unlink(page)
+    this.resident--
+  }
+
+  private readAhead (ino: number, index: number): void {
+    const stream = this.streams.get(ino)
+    if (stream === undefined || stream.next !== index) {
+      this.streams.set(ino, { next: index + 1, window: READAHEAD_MIN, ahead: index })
+      return
+    }
+    stream.next = index + 1
+    if (stream.ahead > index + stream.window / 2) return
+    const from = Math.max(stream.ahead + 1, index + 1)
+    const to = index + stream.window
+    const wanted: number[] = []
+    const pages = this.byInode.get(ino)
+    for (let i = from; i <= to; i++) if (pages?.has(i) !== true) wanted.push(i)
+    stream.ahead = to
+    stream.window = Math.min(READAHEAD_MAX, stream.window * 2)
+    if (wanted.length > 0) this.source.prefetch(ino, wanted)
+  }
+
+  private touch (page: Page): void {
+    if (this.tail === page) return
+    this.unlink(page)
+    this.append(page)
+  }
+
+  private append (page: Page): void {
+    page.prev = this.tail
+    page.next = null
+    if (this.tail !== null) this.tail.next = page
+    else this.head = page
+    this.tail = page
+  }
+
+  private unlink (page: Page): void {
+    if (page.prev !== null) page.prev.next = page.next
+    else if (this.head === page) this.head = page.next
+    if (page.next !== null) page.next.prev = page.prev
+    else if (this.tail === page) this.tail = page.prev
+    page.prev = null
+    page.next = null
+  }
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+/**
+ * `snapfs`: create, mount, unmount, inspect and check stores. The mount runs as a background
+ * daemon by default (this same program with --foreground, detached, logging to a file) and the
+ * command returns once the mount answers.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { Command, Option } from 'commander'
+import { UserError } from '../errors.js'
+import { Store, DEFAULT_VOLUME, FORMAT_VERSION } from '../store/store.js'
+import { runDaemon } from '../daemon/daemon.js'
+import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
+import { call } from '../control/client.js'
+import { checkStore } from '../store/check.js'
+import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
+
+const DEFAULT_CACHE = '256M'
+const DEFAULT_DIRTY_AGE = '2s'
+const MOUNT_WAIT_MS = 30_000
+
+const program = new Command('snapfs')
+  .description('A file system with instant, incremental, browsable snapshots.\n\n' +
+    'Quick start:\n  snapfs mount ~/work        mount the default store (created on first use)\n' +
+    '  snapfs umount ~/work       flush and unmount')
+  .showHelpAfterError()
+
+program.command('init')
+  .description('create a store (default: $SNAPFS_STORE or ~/.local/share/snapfs/default)')
+  .argument('[store]', 'directory for the new store')
+  .option('--block-size <size>', 'data block size, a power of two from 4K to 1M', '64K')
+  .action(async (storeArg: string | undefined, opts: { blockSize: string }) => runAction('snapfs', async () => {
+    const dir = storeArg ?? defaultStore()
+    const store = await Store.init(dir, { blockSize: parseSize(opts.blockSize) })
+    process.stdout.write(`created store ${store.dir} (format v${FORMAT_VERSION}, ${formatBytes(store.blockSize)} blocks, volume ${DEFAULT_VOLUME})\n`)
+    await store.close()
+  }))
+
+program.command('mount')
+  .description('mount a store\'s volume on a directory (created if missing)')
+  .usage('[options] [store] <mountpoint>')
+  .argument('<store-or-mountpoint>', 'the store, or the mount point when the default store is used')
+  .argument('[mountpoint]', 'where to mount')
+  .option('-f, --foreground', 'stay attached instead of running in the background')
+  .option('--volume <name>', 'volume to mount', DEFAULT_VOLUME)
+  .option('--cache-size <size>', 'page cache memory bound', DEFAULT_CACHE)
+  .option('--dirty-age <duration>', 'longest time a change waits in memory before it is committed', DEFAULT_DIRTY_AGE)
+  .option('--log <file>', 'log file of the background daemon (default: STORE/VOLUME.log)')
+  .addOption(new Option('--allow-other', 'let other users use the mount (default when root)'))
+  .addOption(new Option('--no-allow-other', 'only the mounting user may use the mount'))
+  .action(async (first: string, second: string | undefined, opts: MountFlags) => runAction('snapfs', async () => {
+    const storeDir = path.resolve(second === undefined ? defaultStore() : first)
+    const mountpoint = absoluteMountpoint(second === undefined ? first : second)
+    const cacheBytes = parseSize(opts.cacheSize)
+    const dirtyAgeMs = parseDuration(opts.dirtyAge)
+    if (cacheBytes < 1024 * 1024) throw new UserError('--cache-size must be at least 1M')
+    if (dirtyAgeMs < 10 || dirtyAgeMs > 60_000) throw new UserError('--dirty-age must be between 10ms and 60s')
+    if (!fs.existsSync(path.join(storeDir, 'data.mdb')) && second === undefined) {
+      const store = await Store.init(storeDir)
+      await store.close()
+      process.stderr.write(`snapfs: created the default store ${storeDir}\n`)
+    }
+    const allowOther = opts.allowOther ?? (process.getuid?.() === 0)
+    if (opts.foreground === true) {
+      const code = await runDaemon({ store: storeDir, volume: opts.volume, mountpoint, cacheBytes, dirtyAgeMs, allowOther })
+      process.exit(code)
+    }
+    await mountInBackground(storeDir, mountpoint, opts)
+  }))
+
+program.command('umount')
+  .alias('unmount')
+  .description('flush everything and unmount; the daemon exits')
+  .argument('<mountpoint>')
+  .option('--force', 'unmount even when busy or when the daemon is dead (lazy unmount)')
+  .action(async (mountArg: string, opts: { force?: boolean }) => runAction('snapfs', async () => {
+    const mountpoint = absoluteMountpoint(mountArg)
+    const entry = mountAt(mountpoint)
+    if (entry === undefined) throw new UserError(`${mountpoint} is not mounted`)
+    try {
+      await call(mountpoint, 'unmount', { force: opts.force === true })
+    } catch (err) {
+      if (!(err instanceof UserError) || !/no snapfs daemon answers|closed the connection/.test(err.message)) throw err
+      if (/closed the connection/.test(err.message) && mountAt(mountpoint) === undefined) return
+      if (opts.force !== true) {
+        const state = answers(mountpoint) ? 'no daemon answers for it' : 'its daemon is gone (Transport endpoint is not connected)'
+        throw new UserError(`${mountpoint}: ${state}; clear it with: snapfs umount --force ${mountpoint}`)
+      }
+      await fuseUnmount(mountpoint, true)
+    }
+    process.stdout.write(`unmounted ${mountpoint}\n`)
+  }))
+
+program.command('info')
+  .description('show a store\'s format, volumes and size')
+  .argument('[store]')
+  .option('--json', 'machine-readable output')
+  .action(async (storeArg: string | undefined, opts: { json?: boolean }) => runAction('snapfs', async () => {
+    const store = Store.open(storeArg ?? defaultStore())
+    const volumes = [...store.volumes.getRange()].map(({ value }) => value)
+    const size = fs.statSync(path.join(store.dir, 'data.mdb')).size
+    const info = { store: store.dir, format: store.format.version, blockSize: store.blockSize, fileBytes: size, volumes }
+    await store.close()
+    if (opts.json === true) {
+      process.stdout.write(JSON.stringify(info, null, 2) + '\n')
+      return
+    }
+    process.stdout.write(`store       ${info.store}\nformat      v${info.format}\nblock size  ${formatBytes(info.blockSize)}\nstore file  ${formatBytes(size)}\n`)
+    for (const volume of volumes) {
+      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.nextIno - 1} inodes allocated)\n`)
+    }
+  }))
+
+program.command('check')
+  .description('verify every invariant of a store (run it on an unmounted store)')
+  .argument('[store]')
+  .option('--json', 'machine-readable output')
+  .action(async (storeArg: string | undefined, opts: { json?: boolean }) => runAction('snapfs', async () => {
+    const store = Store.open(storeArg ?? defaultStore())
+    const report = checkStore(store)
+    await store.close()
+    if (opts.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
+    else {
+      for (const problem of report.problems) process.stdout.write(`problem: ${problem}\n`)
+      process.stdout.write(`${report.problems.length === 0 ? 'ok' : 'damaged'}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} blocks checked\n`)
+    }
+    if (report.problems.length > 0) process.exit(2)
+  }))
+
+interface MountFlags {
+  foreground?: boolean
+  volume: string
+  cacheSize: string
+  dirtyAge: string
+  log?: string
+  allowOther?: boolean
+}
+
+/** Starts this program with --foreground, detached, and waits until the mount answers. */
+async function mountInBackground (storeDir: string, mountpoint: string, opts: MountFlags): Promise<void> {
+  const logFile = path.resolve(opts.log ?? path.join(storeDir, `${opts.volume}.log`))
+  const log = fs.openSync(logFile, 'a')
+  const args = [fileURLToPath(import.meta.url), 'mount', storeDir, mountpoint, '--foreground',
+    '--volume', opts.volume, '--cache-size', opts.cacheSize, '--dirty-age', opts.dirtyAge]
+  if (opts.allowOther === false) args.push('--no-allow-other')
+  if (opts.allowOther === true) args.push('--allow-other')
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] })
+  let exited: number | null = null
+  child.on('exit', code => { exited = code ?? 1 })
+  const deadline = Date.now() + MOUNT_WAIT_MS
+  while (Date.now() < deadline) {
+    if (exited !== null) {
+      const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-1)[0] ?? ''
+      throw new UserError(`the daemon exited (${exited}): ${tail.replace(/^snapfs: /, '')}`)
+    }
+    const entry = mountAt(mountpoint)
+    if (entry?.type === 'fuse.snapfs' && answers(mountpoint)) {
+      child.unref()
+      process.stdout.write(`mounted ${storeDir} on ${mountpoint} (daemon pid ${child.pid ?? '?'}, log ${logFile})\n`)
+      return
+    }
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+  child.kill('SIGTERM')
+  throw new UserError(`the mount did not come up within ${MOUNT_WAIT_MS / 1000} s; see ${logFile}`)
+}
+
+await program.parseAsync()

@@ -1,0 +1,30 @@
+/**
+ * Where a mount's control socket lives: one Unix socket per mount point, in a directory only its
+ * owner can enter (/run/snapfs for root, $XDG_RUNTIME_DIR/snapfs or /tmp/snapfs-UID otherwise).
+ */
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+export function runtimeDir (): string {
+  const uid = process.getuid?.() ?? 0
+  if (uid === 0) return '/run/snapfs'
+  const xdg = process.env.XDG_RUNTIME_DIR
+  if (xdg !== undefined && xdg.length > 0) return path.join(xdg, 'snapfs')
+  return path.join(os.tmpdir(), `snapfs-${uid}`)
+}
+
+/** The control socket of the mount at `mountpoint` (an absolute path). */
+export function socketPath (mountpoint: string): string {
+  const digest = crypto.createHash('sha256').update(mountpoint).digest('hex').slice(0, 24)
+  return path.join(runtimeDir(), `${digest}.sock`)
+}
+
+/** Creates the runtime directory, owner-only. */
+export function ensureRuntimeDir (): string {
+  const dir = runtimeDir()
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  fs.chmodSync(dir, 0o700)
+  return dir
+}

@@ -1,0 +1,146 @@
+/**
+ * The mount daemon: opens the store, clears a stale mount of its own at the mount point, mounts
+ * the live volume through fuse-native, serves the control socket, and shuts down in the order
+ * flush → unmount → flush what the unmount released → close the store, on `snapfs umount`,
+ * SIGTERM or SIGINT. It runs in its own process: a synchronous fs call on the mount from this
+ * process would block the thread that must answer it.
+ */
+import fs from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import path from 'node:path'
+import createDebug from 'debug'
+import { UserError } from '../errors.js'
+import { Store } from '../store/store.js'
+import { LiveVolume } from '../fs/volume.js'
+import { FuseWithOptions, fuseOptionList } from '../fuse/mount-options.js'
+import { liveOps } from '../fuse/ops.js'
+import { ControlServer } from '../control/server.js'
+import { socketPath } from '../control/socket-path.js'
+import type { MountStatus } from '../control/protocol.js'
+import { answers, fuseUnmount, mountAt } from './mounts.js'
+import { acquireVolumeLock } from './lock.js'
+
+const debug = createDebug('snapfs:daemon')
+
+/** A FUSE op that takes longer than this is answered with ETIMEDOUT by fuse-native. */
+const OP_TIMEOUT_MS = 120_000
+
+export interface DaemonOptions {
+  store: string
+  volume: string
+  mountpoint: string
+  cacheBytes: number
+  dirtyAgeMs: number
+  allowOther: boolean
+}
+
+/** Lifecycle lines for the daemon's log, whatever DEBUG says. */
+function log (message: string): void {
+  process.stderr.write(`${new Date().toISOString()} snapfs[${process.pid}] ${message}\n`)
+}
+
+/** Mounts and serves until unmounted; resolves with the exit code. */
+export async function runDaemon (options: DaemonOptions): Promise<number> {
+  const mountpoint = options.mountpoint
+  prepareMountpoint(mountpoint)
+  const store = Store.open(options.store)
+  const releaseLock = acquireVolumeLock(store.dir, options.volume)
+  const volume = new LiveVolume(store, store.volume(options.volume), { cacheBytes: options.cacheBytes, dirtyAgeMs: options.dirtyAgeMs })
+  const orphans = await volume.recoverOrphans()
+  if (orphans > 0) log(`freed ${orphans} files left open and unlinked by an earlier daemon`)
+  volume.writeback.startTimer()
+
+  const owner = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
+  const fuse = new FuseWithOptions(mountpoint, liveOps(volume, owner), fuseOptionList({
+    fsname: `snapfs:${store.dir}`,
+    allowOther: options.allowOther
+  }), OP_TIMEOUT_MS)
+
+  let exiting: Promise<number> | null = null
+  const shutdown = async (lazy: boolean): Promise<number> => {
+    if (exiting !== null) return await exiting
+    exiting = (async () => {
+      log(`unmounting ${mountpoint}`)
+      await volume.flush()
+      try {
+        await fuseUnmount(mountpoint, lazy)
+      } catch (err) {
+        exiting = null
+        throw new UserError(`cannot unmount ${mountpoint}: ${(err as Error).message}`)
+      }
+      volume.writeback.stopTimer()
+      await volume.fsync()
+      control.close()
+      await store.close()
+      releaseLock()
+      log('unmounted, store closed')
+      return 0
+    })()
+    return await exiting
+  }
+
+  const control = await ControlServer.listen(socketPath(mountpoint), {
+    status: (): MountStatus => ({
+      pid: process.pid,
+      store: store.dir,
+      volume: options.volume,
+      mountpoint,
+      cacheBytes: volume.cache.maxPages * volume.blockSize,
+      residentBytes: volume.cache.residentPages * volume.blockSize,
+      dirtyBytes: volume.cache.dirtyPages * volume.blockSize
+    }),
+    sync: async () => { await volume.fsync() },
+    unmount: async (args) => {
+      await shutdown(args.force === true)
+      setImmediate(() => process.exit(0))
+      return { unmounted: mountpoint }
+    }
+  })
+
+  await new Promise<void>((resolve, reject) => {
+    fuse.mount(err => err === null ? resolve() : reject(new UserError(`cannot mount ${mountpoint}: ${err.message}`)))
+  }).catch(async err => {
+    control.close()
+    await store.close()
+    releaseLock()
+    throw err
+  })
+  log(`mounted ${store.dir} (volume ${options.volume}) on ${mountpoint}`)
+  process.stdout.write(`mounted ${store.dir} on ${mountpoint}\n`)
+
+  return await new Promise<number>(resolve => {
+    const onSignal = (signal: string): void => {
+      log(`${signal}: flushing and unmounting`)
+      shutdown(false).catch(async () => await shutdown(true)).then(resolve, err => {
+        log(`shutdown failed: ${(err as Error).message}`)
+        resolve(1)
+      })
+    }
+    process.on('SIGTERM', () => onSignal('SIGTERM'))
+    process.on('SIGINT', () => onSignal('SIGINT'))
+    debug('serving %s', mountpoint)
+  })
+}
+
+/** Creates a missing mount point; clears a dead mount left there; refuses a live one. */
+function prepareMountpoint (mountpoint: string): void {
+  const existing = mountAt(mountpoint)
+  if (existing !== undefined) {
+    if (answers(mountpoint)) {
+      throw new UserError(`${mountpoint} is busy: ${existing.type} from ${existing.source} is mounted there`)
+    }
+    log(`clearing the dead mount at ${mountpoint} (${existing.source})`)
+    clearDeadMount(mountpoint)
+  }
+  if (!fs.existsSync(mountpoint)) fs.mkdirSync(mountpoint, { recursive: true })
+  if (!fs.statSync(mountpoint).isDirectory()) throw new UserError(`${mountpoint} is not a directory`)
+  if (path.resolve(mountpoint) === '/') throw new UserError('cannot mount over /')
+}
+
+function clearDeadMount (mountpoint: string): void {
+  for (const [command, ...args] of [['fusermount', '-uz', mountpoint], ['umount', '-l', mountpoint]]) {
+    spawnSync(command, args, { stdio: 'ignore' })
+    if (mountAt(mountpoint) === undefined) return
+  }
+  throw new UserError(`cannot clear the dead mount at ${mountpoint}`)
+}

@@ -1,0 +1,112 @@
+/**
+ * Write-back: when and how the live volume's changes reach the store. One commit at a time; a
+ * commit takes the whole change set and every dirty page at the moment its transaction starts and
+ * applies them in that one LMDB transaction (commit.ts), so each committed state of the store is a
+ * state the file system really had.
+ *
+ * Triggers: fsync and flush/close (they wait), the dirty-age timer, the page cache filling up,
+ * unmount and (later) snapshot creation. `commit()` resolves once a commit that started after the
+ * call is visible in the store file (`committed`); durability (`flushed`) is the caller's await of
+ * the store's flush.
+ */
+import createDebug from 'debug'
+import { applyChanges } from './commit.js'
+import type { LiveVolume } from './volume.js'
+import { ChangeSet } from './changes.js'
+import type { Page } from '../cache/pagecache.js'
+
+const debug = createDebug('snapfs:writeback')
+
+export class Writeback {
+  private readonly volume: LiveVolume
+  private readonly dirtyAgeMs: number
+  private running: Promise<void> | null = null
+  private queued: Promise<void> | null = null
+  private seq = 0
+  private timer: NodeJS.Timeout | null = null
+  /** The last commit error, reported once by the next fsync or flush that waits. */
+  lastError: Error | null = null
+
+  constructor (volume: LiveVolume, dirtyAgeMs: number) {
+    this.volume = volume
+    this.dirtyAgeMs = dirtyAgeMs
+  }
+
+  /** Starts the dirty-age timer. */
+  startTimer (): void {
+    const period = Math.max(50, Math.floor(this.dirtyAgeMs / 4))
+    this.timer = setInterval(() => this.onTimer(), period)
+    this.timer.unref()
+  }
+
+  stopTimer (): void {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  /** Starts a commit without waiting for it (errors are kept for the next waiter). */
+  start (): void {
+    this.commit().catch(() => {})
+  }
+
+  /** Resolves once everything changed before this call is committed; rejects if that commit failed. */
+  commit (): Promise<void> {
+    if (this.running === null) {
+      if (this.volume.clean) return Promise.resolve()
+      this.running = this.run().finally(() => { this.running = null })
+      return this.running
+    }
+    if (this.queued === null) {
+      const after = this.running.catch(() => {})
+      this.queued = after.then(async () => {
+        this.queued = null
+        return await this.commit()
+      })
+    }
+    return this.queued
+  }
+
+  private onTimer (): void {
+    const now = Date.now()
+    const { changes, cache } = this.volume
+    const metaAge = changes.empty ? 0 : now - changes.since
+    if (metaAge >= this.dirtyAgeMs || cache.oldestDirtyAge(now) >= this.dirtyAgeMs) this.start()
+  }
+
+  private async run (): Promise<void> {
+    const seq = ++this.seq
+    const volume = this.volume
+    let taken: { changes: ChangeSet, pages: Page[] } | null = null
+    const started = Date.now()
+    try {
+      await volume.store.root.transaction(() => {
+        const changes = volume.changes
+        volume.changes = new ChangeSet()
+        const pages = volume.cache.takeDirty(seq)
+        taken = { changes, pages }
+        volume.truncationsInFlight.set(seq, changes.truncations)
+        applyChanges(volume, changes, pages)
+      })
+    } catch (err) {
+      this.failed(seq, taken, err as Error)
+      throw err
+    }
+    volume.truncationsInFlight.delete(seq)
+    if (taken === null) return
+    const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }
+    volume.cache.unpin(pages, seq)
+    for (const ino of changes.removed) volume.forget(ino)
+    debug('commit %d: %d pages, %d inodes, %d removed in %d ms', seq, pages.length, changes.inodes.size, changes.removed.size, Date.now() - started)
+  }
+
+  private failed (seq: number, taken: { changes: ChangeSet, pages: Page[] } | null, err: Error): void {
+    const volume = this.volume
+    volume.truncationsInFlight.delete(seq)
+    this.lastError = err
+    debug('commit %d failed: %s', seq, err.message)
+    if (taken === null) return
+    const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }
+    volume.changes.mergeOlder(changes)
+    volume.cache.restore(pages, seq, Date.now())
+  }
+}

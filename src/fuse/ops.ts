@@ -1,0 +1,201 @@
+/**
+ * The fuse-native operations: each resolves paths to inodes (paths.ts), calls the live volume,
+ * and answers with 0, a result, or a negative errno (errors.ts). Nothing here touches the store.
+ * Families: attributes and names first, then open files and data, then xattrs and the file
+ * system as a whole.
+ */
+import { constants } from 'node:fs'
+import createDebug from 'debug'
+import { toNegativeErrno, FsError } from '../errors.js'
+import type { LiveVolume, Owner } from '../fs/volume.js'
+import { PathTable, isHiddenName } from './paths.js'
+import { statfsOf, toFuseStat } from './stat.js'
+
+const debug = createDebug('snapfs:fuse')
+
+type Cb = (code: number, ...results: unknown[]) => void
+type Op = (...args: any[]) => void
+
+const O_APPEND = constants.O_APPEND
+const O_ACCMODE = 3
+/** Times below this many ms are libfuse's UTIME_NOW/UTIME_OMIT markers, not real times. */
+const SPECIAL_TIME_MS = 2000
+
+interface Handle { ino: number, append: boolean }
+
+/** fuse-native handles are 32-bit; they are reused only after 2^32 opens. */
+class HandleTable {
+  private next = 1
+  private readonly handles = new Map<number, Handle>()
+
+  add (handle: Handle): number {
+    while (this.handles.has(this.next) || this.next === 0) this.next = (this.next + 1) >>> 0
+    const fh = this.next
+    this.next = (this.next + 1) >>> 0
+    this.handles.set(fh, handle)
+    return fh
+  }
+
+  get (fh: number): Handle | undefined {
+    return this.handles.get(fh)
+  }
+
+  remove (fh: number): Handle | undefined {
+    const handle = this.handles.get(fh)
+    this.handles.delete(fh)
+    return handle
+  }
+}
+
+/** Builds the operation table for a live volume. */
+export function liveOps (volume: LiveVolume, owner: Owner): Record<string, Op> {
+  const paths = new PathTable(volume)
+  const handles = new HandleTable()
+
+  /** Runs a synchronous core call and answers; any FsError becomes its errno. */
+  const sync = (name: string, cb: Cb, body: () => unknown): void => {
+    let result: unknown
+    try {
+      result = body()
+    } catch (err) {
+      answerError(name, cb, err)
+      return
+    }
+    if (result === undefined) cb(0)
+    else cb(0, result)
+  }
+  const later = (name: string, cb: Cb, body: () => Promise<unknown>): void => {
+    body().then(result => { result === undefined ? cb(0) : cb(0, result) }, err => answerError(name, cb, err))
+  }
+  const inoOf = (path: string, fh?: number): number => {
+    const handle = fh === undefined || fh === 0 ? undefined : handles.get(fh)
+    return handle !== undefined ? handle.ino : paths.resolve(path)
+  }
+  const openHandle = (ino: number, flags: number): number => {
+    volume.open(ino)
+    return handles.add({ ino, append: (flags & O_APPEND) !== 0 && (flags & O_ACCMODE) !== 0 })
+  }
+  const time = (ms: number): number => ms < SPECIAL_TIME_MS ? Date.now() : ms
+
+  return {
+    init: (cb: Cb) => cb(0),
+    access: (path: string, _mode: number, cb: Cb) => sync('access', cb, () => { paths.resolve(path) }),
+    statfs: (_path: string, cb: Cb) => sync('statfs', cb, () => statfsOf(volume.store.dir, volume.inodeCount())),
+    getattr: (path: string, cb: Cb) => sync('getattr', cb, () => toFuseStat(volume.getattr(paths.resolve(path)))),
+    fgetattr: (path: string, fh: number, cb: Cb) => sync('fgetattr', cb, () => toFuseStat(volume.getattr(inoOf(path, fh)))),
+    readlink: (path: string, cb: Cb) => sync('readlink', cb, () => volume.readlink(paths.resolve(path))),
+    chmod: (path: string, mode: number, cb: Cb) => sync('chmod', cb, () => { volume.setattr(paths.resolve(path), { mode }) }),
+    chown: (path: string, uid: number, gid: number, cb: Cb) => sync('chown', cb, () => { volume.setattr(paths.resolve(path), { uid, gid }) }),
+    // fuse-native 2.2.6 passes the access time in both time arguments (its mtime is lost).
+    utimens: (path: string, atime: number, mtime: number, cb: Cb) =>
+      sync('utimens', cb, () => { volume.setattr(paths.resolve(path), { atime: time(atime), mtime: time(mtime) }) }),
+    truncate: (path: string, size: number, cb: Cb) => sync('truncate', cb, () => { volume.setattr(paths.resolve(path), { size }) }),
+    ftruncate: (path: string, fh: number, size: number, cb: Cb) => sync('ftruncate', cb, () => { volume.setattr(inoOf(path, fh), { size }) }),
+
+    mknod: (path: string, mode: number, rdev: number, cb: Cb) => sync('mknod', cb, () => {
+      const { parent, name } = paths.parent(path)
+      volume.mknod(parent, name, mode, rdev, owner)
+    }),
+    mkdir: (path: string, mode: number, cb: Cb) => sync('mkdir', cb, () => {
+      const { parent, name } = paths.parent(path)
+      volume.mkdir(parent, name, mode, owner)
+    }),
+    symlink: (target: string, path: string, cb: Cb) => sync('symlink', cb, () => {
+      const { parent, name } = paths.parent(path)
+      volume.symlink(parent, name, target, owner)
+    }),
+    link: (from: string, to: string, cb: Cb) => sync('link', cb, () => {
+      const { parent, name } = paths.parent(to)
+      volume.link(paths.resolve(from), parent, name)
+    }),
+    unlink: (path: string, cb: Cb) => sync('unlink', cb, () => {
+      if (paths.dropHidden(path)) return
+      const { parent, name } = paths.parent(path)
+      volume.unlink(parent, name)
+    }),
+    rmdir: (path: string, cb: Cb) => sync('rmdir', cb, () => {
+      const { parent, name } = paths.parent(path)
+      volume.rmdir(parent, name)
+    }),
+    rename: (from: string, to: string, cb: Cb) => sync('rename', cb, () => {
+      const source = paths.parent(from)
+      const target = paths.parent(to)
+      if (isHiddenName(target.name)) {
+        const ino = paths.resolve(from)
+        volume.unlink(source.parent, source.name)
+        paths.addHidden(to, ino)
+        return
+      }
+      volume.rename(source.parent, source.name, target.parent, target.name)
+    }),
+
+    opendir: (path: string, _flags: number, cb: Cb) => sync('opendir', cb, () => {
+      volume.entries(paths.resolve(path))
+      return 0
+    }),
+    releasedir: (_path: string, _fh: number, cb: Cb) => cb(0),
+    readdir: (path: string, cb: Cb) => {
+      try {
+        const entries = volume.readdir(paths.resolve(path))
+        const names = ['.', '..']
+        const stats: Array<{ mode: number, ino: number }> = [{ mode: 0o40000, ino: 0 }, { mode: 0o40000, ino: 0 }]
+        for (const entry of entries) {
+          names.push(entry.name)
+          stats.push({ mode: entry.type, ino: entry.ino })
+        }
+        cb(0, names, stats)
+      } catch (err) {
+        answerError('readdir', cb, err)
+      }
+    },
+    create: (path: string, mode: number, cb: Cb) => sync('create', cb, () => {
+      const { parent, name } = paths.parent(path)
+      const inode = volume.mknod(parent, name, mode, 0, owner)
+      return openHandle(inode.ino, 0)
+    }),
+    open: (path: string, flags: number, cb: Cb) => sync('open', cb, () => openHandle(paths.resolve(path), flags)),
+    release: (_path: string, fh: number, cb: Cb) => {
+      const handle = handles.remove(fh)
+      if (handle !== undefined) volume.close(handle.ino)
+      cb(0)
+    },
+    read: (path: string, fh: number, buf: Buffer, length: number, offset: number, cb: (n: number) => void) => {
+      try {
+        cb(volume.read(inoOf(path, fh), offset, length, buf))
+      } catch (err) {
+        cb(negativeErrno('read', err))
+      }
+    },
+    write: (path: string, fh: number, buf: Buffer, length: number, offset: number, cb: (n: number) => void) => {
+      let ino: number
+      let at = offset
+      try {
+        const handle = handles.get(fh)
+        ino = handle?.ino ?? paths.resolve(path)
+        if (handle?.append === true) at = volume.inode(ino).size
+      } catch (err) {
+        cb(negativeErrno('write', err))
+        return
+      }
+      volume.write(ino, at, length === buf.length ? buf : buf.subarray(0, length)).then(cb, err => cb(negativeErrno('write', err)))
+    },
+    flush: (_path: string, _fh: number, cb: Cb) => later('flush', cb, async () => { await volume.flush() }),
+    fsync: (_path: string, _datasync: number, _fh: number, cb: Cb) => later('fsync', cb, async () => { await volume.fsync() }),
+    fsyncdir: (_path: string, _datasync: number, _fh: number, cb: Cb) => later('fsyncdir', cb, async () => { await volume.fsync() }),
+
+    getxattr: (path: string, name: string, _position: number, cb: Cb) => sync('getxattr', cb, () => volume.getxattr(paths.resolve(path), name)),
+    listxattr: (path: string, cb: Cb) => sync('listxattr', cb, () => volume.listxattr(paths.resolve(path))),
+    setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
+      sync('setxattr', cb, () => { volume.setxattr(paths.resolve(path), name, value, flags) }),
+    removexattr: (path: string, name: string, cb: Cb) => sync('removexattr', cb, () => { volume.removexattr(paths.resolve(path), name) })
+  }
+}
+
+function negativeErrno (op: string, err: unknown): number {
+  if (!(err instanceof FsError)) debug('%s failed: %O', op, err)
+  return toNegativeErrno(err)
+}
+
+function answerError (op: string, cb: Cb, err: unknown): void {
+  cb(negativeErrno(op, err))
+}

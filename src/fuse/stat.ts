@@ -1,0 +1,47 @@
+/**
+ * Conversions between the core's attributes and fuse-native's stat and statfs objects.
+ */
+import fs from 'node:fs'
+import type { Attr } from '../fs/inode.js'
+
+/** The stat object fuse-native packs for libfuse (times in ms, as the binding carries them). */
+export interface FuseStat {
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  dev: number
+  nlink: number
+  ino: number
+  rdev: number
+  blksize: number
+  blocks: number
+  atime: number
+  mtime: number
+  ctime: number
+}
+
+export function toFuseStat (attr: Attr): FuseStat {
+  return { ...attr, dev: 0 }
+}
+
+/** The statfs fuse-native expects: 32-bit fields, so sizes are reported in `frsize` units. */
+export function statfsOf (storeDir: string, filesUsed: number): Record<string, number> {
+  const disk = fs.statfsSync(storeDir)
+  const frsize = disk.bsize
+  const clamp = (n: number): number => Math.min(n, 0xffffffff)
+  const files = clamp(Math.max(disk.files, filesUsed + disk.ffree))
+  return {
+    bsize: 65536,
+    frsize,
+    blocks: clamp(disk.blocks),
+    bfree: clamp(disk.bfree),
+    bavail: clamp(disk.bavail),
+    files,
+    ffree: clamp(Math.max(0, files - filesUsed)),
+    favail: clamp(Math.max(0, files - filesUsed)),
+    fsid: 0,
+    flag: 0,
+    namemax: 255
+  }
+}

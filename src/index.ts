@@ -1,0 +1,8 @@
+/**
+ * The snapfs package API: open stores and talk to mounted file systems from programs.
+ */
+export { Store, FORMAT_VERSION, DEFAULT_BLOCK_SIZE, DEFAULT_VOLUME } from './store/store.js'
+export { checkStore, type CheckReport } from './store/check.js'
+export { call as control } from './control/client.js'
+export type { MountStatus } from './control/protocol.js'
+export { FsError, UserError } from './errors.js'

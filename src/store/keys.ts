@@ -1,0 +1,167 @@
+/**
+ * The key schema of the store, written once. Every LMDB key snapfs builds comes from an encoder
+ * here; nobody else assembles key bytes. All integers are big-endian so that LMDB's byte order is
+ * numeric order, and every key of a volume's records starts with its volume id.
+ *
+ * | database  | key                                              | value                          |
+ * |-----------|--------------------------------------------------|--------------------------------|
+ * | meta      | string ("format", "nextBlock", "volume:NAME")     | msgpack                        |
+ * | volumes   | vol u32                                          | VolumeRecord (msgpack)         |
+ * | inodes    | vol u32, ino u64                                 | InodeRecord (msgpack), head    |
+ * | dirents   | vol u32, parent ino u64, name bytes              | DirentRecord (msgpack), head   |
+ * | xattrs    | vol u32, ino u64, name bytes                     | XattrRecord (msgpack), head    |
+ * | bmap      | vol u32, ino u64, block index u64                | block u64, birth u32, len u32  |
+ * | blocks    | block id u64                                     | the block's bytes (raw)        |
+ * | refs      | block id u64                                     | extra references u32 (raw)     |
+ * | orphans   | vol u32, ino u64                                 | empty: unlinked while open     |
+ * | history   | table u8, head key, birth u32                    | HistoryRecord (msgpack)        |
+ * | deadlist  | vol u32, death u32, table u8, head key, birth u32 | empty                          |
+ * | births    | vol u32, birth u32, table u8, head key           | empty                          |
+ *
+ * "Head" records are what the live volume reads. A head carries its birth generation; when a head
+ * born at or before the volume's latest snapshot is overwritten or deleted, the old version moves
+ * to `history` (with its death generation) and is listed in `deadlist` under that death, so a
+ * snapshot can still read it and deleting a snapshot knows what it may free. `births` lists every
+ * version by the generation that created it, so "what changed since generation g" is a range scan.
+ * Blocks are shared by reference: a block has one reference unless `refs` says how many more.
+ */
+
+/** Tables whose records are versioned by generation (the `table` byte in history keys). */
+export const enum Table {
+  Inode = 1,
+  Dirent = 2,
+  Xattr = 3,
+  Bmap = 4
+}
+
+/** Longest file name, in bytes (POSIX NAME_MAX on Linux). */
+export const NAME_MAX = 255
+
+/** Largest inode number and block index the keys hold exactly (JS numbers are exact to 2^53). */
+export const MAX_SAFE = Number.MAX_SAFE_INTEGER
+
+function u64 (buf: Buffer, offset: number, value: number): void {
+  buf.writeUInt32BE(Math.floor(value / 0x100000000), offset)
+  buf.writeUInt32BE(value >>> 0, offset + 4)
+}
+
+function readU64 (buf: Buffer, offset: number): number {
+  return buf.readUInt32BE(offset) * 0x100000000 + buf.readUInt32BE(offset + 4)
+}
+
+/** vol u32, ino u64: an inode head, an orphan, or the prefix of an inode's dirents/xattrs/bmap. */
+export function inodeKey (vol: number, ino: number): Buffer {
+  const key = Buffer.allocUnsafe(12)
+  key.writeUInt32BE(vol, 0)
+  u64(key, 4, ino)
+  return key
+}
+
+/** vol u32, parent u64, name: one directory entry. */
+export function direntKey (vol: number, parent: number, name: Buffer): Buffer {
+  const key = Buffer.allocUnsafe(12 + name.length)
+  key.writeUInt32BE(vol, 0)
+  u64(key, 4, parent)
+  name.copy(key, 12)
+  return key
+}
+
+/** The name part of a dirent or xattr key. */
+export function nameOfKey (key: Buffer): Buffer {
+  return key.subarray(12)
+}
+
+/** vol u32, ino u64, name: one extended attribute. */
+export const xattrKey = direntKey
+
+/** vol u32, ino u64, index u64: one block-map entry. */
+export function bmapKey (vol: number, ino: number, index: number): Buffer {
+  const key = Buffer.allocUnsafe(20)
+  key.writeUInt32BE(vol, 0)
+  u64(key, 4, ino)
+  u64(key, 12, index)
+  return key
+}
+
+/** The block index of a bmap key. */
+export function indexOfBmapKey (key: Buffer): number {
+  return readU64(key, 12)
+}
+
+/** The range of keys that start with `prefix`, for getRange({ start, end }). */
+export function prefixRange (prefix: Buffer): { start: Buffer, end: Buffer } {
+  const end = Buffer.concat([prefix, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])])
+  return { start: prefix, end }
+}
+
+/** block id u64. */
+export function blockKey (id: number): Buffer {
+  const key = Buffer.allocUnsafe(8)
+  u64(key, 0, id)
+  return key
+}
+
+/**
+ * The value of a bmap head: which block holds the data, the generation that wrote it, and how many
+ * bytes the block stores (a block past the end of its file stores only up to the end; the rest
+ * reads as zeros).
+ */
+export interface BmapValue { block: number, birth: number, length: number }
+
+export function encodeBmap (value: BmapValue): Buffer {
+  const buf = Buffer.allocUnsafe(16)
+  u64(buf, 0, value.block)
+  buf.writeUInt32BE(value.birth, 8)
+  buf.writeUInt32BE(value.length, 12)
+  return buf
+}
+
+export function decodeBmap (buf: Buffer): BmapValue {
+  return { block: readU64(buf, 0), birth: buf.readUInt32BE(8), length: buf.readUInt32BE(12) }
+}
+
+/** Space a stored block takes, in 512-byte sectors (st_blocks units), rounded to 4 KiB pages. */
+export function sectorsOf (length: number): number {
+  return Math.ceil(length / 4096) * 8
+}
+
+/** table u8, head key, birth u32: an old version of a head record. */
+export function historyKey (table: Table, headKey: Buffer, birth: number): Buffer {
+  const key = Buffer.allocUnsafe(1 + headKey.length + 4)
+  key[0] = table
+  headKey.copy(key, 1)
+  key.writeUInt32BE(birth, 1 + headKey.length)
+  return key
+}
+
+/** vol u32, death u32, table u8, head key, birth u32: a version that died at `death`. */
+export function deadKey (vol: number, death: number, table: Table, headKey: Buffer, birth: number): Buffer {
+  const key = Buffer.allocUnsafe(9 + headKey.length + 4)
+  key.writeUInt32BE(vol, 0)
+  key.writeUInt32BE(death, 4)
+  key[8] = table
+  headKey.copy(key, 9)
+  key.writeUInt32BE(birth, 9 + headKey.length)
+  return key
+}
+
+/** vol u32, birth u32, table u8, head key: a version born at `birth`. */
+export function birthKey (vol: number, birth: number, table: Table, headKey: Buffer): Buffer {
+  const key = Buffer.allocUnsafe(9 + headKey.length)
+  key.writeUInt32BE(vol, 0)
+  key.writeUInt32BE(birth, 4)
+  key[8] = table
+  headKey.copy(key, 9)
+  return key
+}
+
+/** The extra-reference count stored in `refs`. */
+export function encodeCount (count: number): Buffer {
+  const buf = Buffer.allocUnsafe(4)
+  buf.writeUInt32BE(count, 0)
+  return buf
+}
+
+export function decodeCount (buf: Buffer): number {
+  return buf.readUInt32BE(0)
+}

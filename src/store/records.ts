@@ -1,0 +1,70 @@
+/**
+ * The values the store keeps, as TypeScript types. Head records carry `b`, the generation that
+ * wrote them (see keys.ts for how versions are kept). Times are milliseconds since the epoch, the
+ * precision the fuse-native binding carries.
+ */
+
+/** A file, directory, symlink or special file. */
+export interface InodeRecord {
+  /** Birth generation of this version. */
+  b: number
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  nlink: number
+  atime: number
+  mtime: number
+  ctime: number
+  rdev: number
+  /** Space the data holds in the store, in 512-byte sectors (what st_blocks reports). */
+  blocks: number
+  /** Symlink target. */
+  target?: string
+  /** Parent directory, for directories only (rename must refuse to move a directory into itself). */
+  parent?: number
+}
+
+/** A name in a directory. */
+export interface DirentRecord {
+  b: number
+  ino: number
+  /** The file type bits (mode & S_IFMT) of the inode, so readdir needs no inode reads. */
+  type: number
+}
+
+/** An extended attribute value. */
+export interface XattrRecord {
+  b: number
+  v: Buffer
+}
+
+/** An old version of a head record: the encoded value and the generation at which it died. */
+export interface HistoryRecord {
+  d: number
+  v: Buffer
+}
+
+/** A volume: a live file system tree and its generation counter. */
+export interface VolumeRecord {
+  id: number
+  name: string
+  /** Current generation: what new versions are born with. */
+  gen: number
+  /** Generation of the newest snapshot (0 when none): heads born after it may change in place. */
+  lastSnapGen: number
+  /** Next inode number to hand out. */
+  nextIno: number
+  created: number
+}
+
+/** The store's identity and format, under the meta key "format". */
+export interface FormatRecord {
+  magic: 'snapfs'
+  version: number
+  blockSize: number
+  created: number
+}
+
+/** Inode number of every volume's root directory. */
+export const ROOT_INO = 1

@@ -1,0 +1,190 @@
+/**
+ * Versioned writes to head records, inside one LMDB write transaction. This is the only code that
+ * puts or removes inode, dirent, xattr and bmap heads, so the generation rules live in one place:
+ *
+ * - A new head is born in the volume's current generation (`gen`) and listed in `births`.
+ * - Replacing or removing a head born after the latest snapshot (`birth > lastSnapGen`) happens in
+ *   place: nobody else can see it. Its block, if it had one, is released.
+ * - Replacing or removing a head born at or before the latest snapshot keeps it for the snapshots:
+ *   it moves to `history` with death = `gen` and is listed in `deadlist` under that death.
+ *
+ * Every method must run inside a transaction callback of the store (see fs/commit.ts): reads then
+ * see the transaction's own writes, and all of them commit together or not at all.
+ */
+import { Table, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, encodeBmap, encodeCount, historyKey, inodeKey, prefixRange, direntKey, sectorsOf, xattrKey } from './keys.js'
+import type { DirentRecord, InodeRecord, VolumeRecord, XattrRecord } from './records.js'
+import type { Store } from './store.js'
+
+const EMPTY = Buffer.alloc(0)
+
+export class VersionWriter {
+  private readonly store: Store
+  private readonly vol: number
+  private readonly gen: number
+  private readonly lastSnapGen: number
+  /** Whether nextBlock changed and must be saved with this transaction. */
+  private allocated = false
+
+  constructor (store: Store, volume: VolumeRecord) {
+    this.store = store
+    this.vol = volume.id
+    this.gen = volume.gen
+    this.lastSnapGen = volume.lastSnapGen
+  }
+
+  putInode (ino: number, record: InodeRecord): void {
+    const key = inodeKey(this.vol, ino)
+    this.retireHead(Table.Inode, this.store.inodes, key, this.store.inodes.get(key)?.b, true)
+    this.store.inodes.putSync(key, { ...record, b: this.gen })
+  }
+
+  removeInode (ino: number): void {
+    const key = inodeKey(this.vol, ino)
+    const old = this.store.inodes.get(key)
+    if (old === undefined) return
+    this.retireHead(Table.Inode, this.store.inodes, key, old.b, false)
+    this.store.inodes.removeSync(key)
+  }
+
+  putDirent (parent: number, name: Buffer, record: Omit<DirentRecord, 'b'>): void {
+    const key = direntKey(this.vol, parent, name)
+    this.retireHead(Table.Dirent, this.store.dirents, key, (this.store.dirents.get(key) as DirentRecord | undefined)?.b, true)
+    this.store.dirents.putSync(key, { ...record, b: this.gen })
+  }
+
+  removeDirent (parent: number, name: Buffer): void {
+    const key = direntKey(this.vol, parent, name)
+    const old = this.store.dirents.get(key) as DirentRecord | undefined
+    if (old === undefined) return
+    this.retireHead(Table.Dirent, this.store.dirents, key, old.b, false)
+    this.store.dirents.removeSync(key)
+  }
+
+  putXattr (ino: number, name: Buffer, value: Buffer): void {
+    const key = xattrKey(this.vol, ino, name)
+    this.retireHead(Table.Xattr, this.store.xattrs, key, (this.store.xattrs.get(key) as XattrRecord | undefined)?.b, true)
+    this.store.xattrs.putSync(key, { b: this.gen, v: value })
+  }
+
+  removeXattr (ino: number, name: Buffer): void {
+    const key = xattrKey(this.vol, ino, name)
+    const old = this.store.xattrs.get(key) as XattrRecord | undefined
+    if (old === undefined) return
+    this.retireHead(Table.Xattr, this.store.xattrs, key, old.b, false)
+    this.store.xattrs.removeSync(key)
+  }
+
+  /** Removes every extended attribute of an inode. */
+  removeXattrsOf (ino: number): void {
+    const keys = [...this.store.xattrs.getKeys(prefixRange(inodeKey(this.vol, ino)))]
+    for (const key of keys) {
+      const old = this.store.xattrs.get(key) as XattrRecord
+      this.retireHead(Table.Xattr, this.store.xattrs, key, old.b, false)
+      this.store.xattrs.removeSync(key)
+    }
+  }
+
+  /**
+   * Stores the data of block `index` of an inode. A block written in this generation and held by
+   * no one else is overwritten in place; otherwise the data goes to a new block. Returns the change
+   * in the inode's allocated sectors.
+   */
+  putBlock (ino: number, index: number, data: Buffer): number {
+    const key = bmapKey(this.vol, ino, index)
+    const raw = this.store.bmap.get(key)
+    const old = raw === undefined ? undefined : decodeBmap(raw)
+    const oldSectors = old === undefined ? 0 : sectorsOf(old.length)
+    if (old !== undefined && old.birth > this.lastSnapGen && this.store.refs.get(blockKey(old.block)) === undefined) {
+      this.store.blocks.putSync(blockKey(old.block), data)
+      if (old.length !== data.length) this.store.bmap.putSync(key, encodeBmap({ ...old, length: data.length }))
+      return sectorsOf(data.length) - oldSectors
+    }
+    const block = this.store.nextBlock++
+    this.allocated = true
+    this.store.blocks.putSync(blockKey(block), data)
+    if (old !== undefined) this.retireBlockHead(key, old.block, old.birth, raw as Buffer, true)
+    this.store.bmap.putSync(key, encodeBmap({ block, birth: this.gen, length: data.length }))
+    if (old?.birth !== this.gen) this.store.births.putSync(birthKey(this.vol, this.gen, Table.Bmap, key), EMPTY)
+    return sectorsOf(data.length) - oldSectors
+  }
+
+  /** Makes block `index` of an inode a hole. Returns the change in allocated sectors (<= 0). */
+  removeBlock (ino: number, index: number): number {
+    const key = bmapKey(this.vol, ino, index)
+    const raw = this.store.bmap.get(key)
+    if (raw === undefined) return 0
+    const old = decodeBmap(raw)
+    this.retireBlockHead(key, old.block, old.birth, raw, false)
+    this.store.bmap.removeSync(key)
+    return -sectorsOf(old.length)
+  }
+
+  /** Makes every block from `fromIndex` on a hole. Returns the change in allocated sectors (<= 0). */
+  removeBlocksFrom (ino: number, fromIndex: number): number {
+    const { end } = prefixRange(inodeKey(this.vol, ino))
+    const entries = [...this.store.bmap.getRange({ start: bmapKey(this.vol, ino, fromIndex), end })]
+    let sectors = 0
+    for (const { key, value } of entries) {
+      const old = decodeBmap(value)
+      this.retireBlockHead(key, old.block, old.birth, value, false)
+      this.store.bmap.removeSync(key)
+      sectors -= sectorsOf(old.length)
+    }
+    return sectors
+  }
+
+  markOrphan (ino: number): void {
+    this.store.orphans.putSync(inodeKey(this.vol, ino), EMPTY)
+  }
+
+  clearOrphan (ino: number): void {
+    this.store.orphans.removeSync(inodeKey(this.vol, ino))
+  }
+
+  /** Saves counters changed by this transaction (call last). */
+  finish (volume: VolumeRecord): void {
+    if (this.allocated) this.store.meta.putSync('nextBlock', this.store.nextBlock)
+    this.store.volumes.putSync(volume.id, volume)
+  }
+
+  /** Drops one reference to a block, deleting it with its last reference. */
+  releaseBlock (block: number): void {
+    const key = blockKey(block)
+    const extra = this.store.refs.get(key)
+    if (extra === undefined) {
+      this.store.blocks.removeSync(key)
+      return
+    }
+    const count = decodeCount(extra)
+    if (count <= 1) this.store.refs.removeSync(key)
+    else this.store.refs.putSync(key, encodeCount(count - 1))
+  }
+
+  private retireBlockHead (key: Buffer, block: number, birth: number, raw: Buffer, replaced: boolean): void {
+    if (!this.retire(Table.Bmap, key, birth, raw, replaced)) this.releaseBlock(block)
+  }
+
+  /**
+   * Retires the head at `key` (born at `birth`, if it exists) before it is replaced (`replaced`)
+   * or removed, and lists the replacement's birth.
+   */
+  private retireHead (table: Table, db: { getBinary: (key: Buffer) => Buffer | undefined }, key: Buffer, birth: number | undefined, replaced: boolean): void {
+    if (birth !== undefined) this.retire(table, key, birth, db.getBinary(key) as Buffer, replaced)
+    if (replaced && birth !== this.gen) this.store.births.putSync(birthKey(this.vol, this.gen, table, key), EMPTY)
+  }
+
+  /**
+   * Moves an old head to history when a snapshot can see it (true). Otherwise the version is gone
+   * for good (false): its births entry goes too, unless the replacement is born in the same
+   * generation and so keeps that entry.
+   */
+  private retire (table: Table, key: Buffer, birth: number, raw: Buffer, replaced: boolean): boolean {
+    if (birth > this.lastSnapGen) {
+      if (!replaced || birth !== this.gen) this.store.births.removeSync(birthKey(this.vol, birth, table, key))
+      return false
+    }
+    this.store.history.putSync(historyKey(table, key, birth), { d: this.gen, v: Buffer.from(raw) })
+    this.store.deadlist.putSync(deadKey(this.vol, this.gen, table, key, birth), EMPTY)
+    return true
+  }
+}
