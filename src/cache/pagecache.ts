@@ -55,6 +55,8 @@ export class PageCache {
   private readonly byInode = new Map<number, Map<number, Page>>()
   /** Dirty pages in the order they became dirty: the first is the oldest. */
   private readonly dirtySet = new Set<Page>()
+  /** Dirty page count per inode. */
+  private readonly dirtyCount = new Map<number, number>()
   /** LRU list: head is the least recently used page. */
   private head: Page | null = null
   private tail: Page | null = null
@@ -73,6 +75,10 @@ export class PageCache {
 
   get dirtyPages (): number {
     return this.dirtySet.size
+  }
+
+  dirtyPagesOf (ino: number): number {
+    return this.dirtyCount.get(ino) ?? 0
   }
 
   /** Age in ms of the oldest dirty page, 0 when nothing is dirty. */
@@ -129,18 +135,26 @@ export class PageCache {
     page.dirty = true
     page.dirtySince = now
     this.dirtySet.add(page)
+    this.dirtyCount.set(page.ino, (this.dirtyCount.get(page.ino) ?? 0) + 1)
   }
 
-  /** Takes every dirty page (or only those of `ino`) for a commit: they become clean and pinned. */
-  takeDirty (seq: number, ino?: number): Page[] {
+  private markClean (page: Page): void {
+    if (!page.dirty) return
+    page.dirty = false
+    this.dirtySet.delete(page)
+    const count = (this.dirtyCount.get(page.ino) ?? 1) - 1
+    if (count === 0) this.dirtyCount.delete(page.ino)
+    else this.dirtyCount.set(page.ino, count)
+  }
+
+  /** Takes every dirty page for a commit: they become clean and pinned. */
+  takeDirty (seq: number): Page[] {
     const taken: Page[] = []
     for (const page of this.dirtySet) {
-      if (ino !== undefined && page.ino !== ino) continue
-      page.dirty = false
       page.pinned = seq
       taken.push(page)
     }
-    for (const page of taken) this.dirtySet.delete(page)
+    for (const page of taken) this.markClean(page)
     return taken
   }
 
@@ -207,8 +221,7 @@ export class PageCache {
     if (pages?.get(page.index) !== page) return
     pages.delete(page.index)
     if (pages.size === 0) this.byInode.delete(page.ino)
-    this.dirtySet.delete(page)
-    page.dirty = false
+    this.markClean(page)
     this.unlink(page)
     this.resident--
   }

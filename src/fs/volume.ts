@@ -371,8 +371,13 @@ export class LiveVolume {
     return data.length
   }
 
-  /** Everything changed so far is committed to the store file when this resolves. */
-  async flush (): Promise<void> {
+  /**
+   * Everything changed so far is committed to the store file when this resolves. With `ino`
+   * (a close), only when that inode has changes of its own: closing a file that was only read
+   * does not wait for other writers' commits.
+   */
+  async flush (ino?: number): Promise<void> {
+    if (ino !== undefined && !this.changes.inodes.has(ino) && this.cache.dirtyPagesOf(ino) === 0) return
     await this.writeback.commit()
   }
 

@@ -17,6 +17,13 @@ import type { Page } from '../cache/pagecache.js'
 
 const debug = createDebug('snapfs:writeback')
 
+/**
+ * Commits with at most this many dirty pages run as a synchronous transaction: for a close or an
+ * fsync after a small change, the hand-offs to and from LMDB's writer thread cost more than the
+ * commit. Larger ones run on the writer thread so the data copy overlaps with new requests.
+ */
+const SYNC_COMMIT_PAGES = 16
+
 export class Writeback {
   private readonly volume: LiveVolume
   private readonly dirtyAgeMs: number
@@ -78,15 +85,17 @@ export class Writeback {
     const volume = this.volume
     let taken: { changes: ChangeSet, pages: Page[] } | null = null
     const started = Date.now()
+    const apply = (): void => {
+      const changes = volume.changes
+      volume.changes = new ChangeSet()
+      const pages = volume.cache.takeDirty(seq)
+      taken = { changes, pages }
+      volume.truncationsInFlight.set(seq, changes.truncations)
+      applyChanges(volume, changes, pages)
+    }
     try {
-      await volume.store.root.transaction(() => {
-        const changes = volume.changes
-        volume.changes = new ChangeSet()
-        const pages = volume.cache.takeDirty(seq)
-        taken = { changes, pages }
-        volume.truncationsInFlight.set(seq, changes.truncations)
-        applyChanges(volume, changes, pages)
-      })
+      if (volume.cache.dirtyPages <= SYNC_COMMIT_PAGES) volume.store.root.transactionSync(apply)
+      else await volume.store.root.transaction(apply)
     } catch (err) {
       this.failed(seq, taken, err as Error)
       throw err

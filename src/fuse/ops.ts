@@ -179,7 +179,7 @@ export function liveOps (volume: LiveVolume, owner: Owner): Record<string, Op> {
       }
       volume.write(ino, at, length === buf.length ? buf : buf.subarray(0, length)).then(cb, err => cb(negativeErrno('write', err)))
     },
-    flush: (_path: string, _fh: number, cb: Cb) => later('flush', cb, async () => { await volume.flush() }),
+    flush: (path: string, fh: number, cb: Cb) => later('flush', cb, async () => { await volume.flush(inoOf(path, fh)) }),
     fsync: (_path: string, _datasync: number, _fh: number, cb: Cb) => later('fsync', cb, async () => { await volume.fsync() }),
     fsyncdir: (_path: string, _datasync: number, _fh: number, cb: Cb) => later('fsyncdir', cb, async () => { await volume.fsync() }),
 
