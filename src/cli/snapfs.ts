@@ -15,6 +15,7 @@ import { runDaemon } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
+import { syncMount } from '../native.js'
 import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
 
 const DEFAULT_CACHE = '256M'
@@ -79,6 +80,7 @@ program.command('umount')
     const mountpoint = absoluteMountpoint(mountArg)
     const entry = mountAt(mountpoint)
     if (entry === undefined) throw new UserError(`${mountpoint} is not mounted`)
+    if (answers(mountpoint)) syncMount(mountpoint)
     try {
       await call(mountpoint, 'unmount', { force: opts.force === true })
     } catch (err) {
