@@ -25,6 +25,9 @@ export function fuseOptionList (set: MountOptionSet): string[] {
     'big_writes',
     'max_write=131072',
     'max_read=131072',
+    // The path-based API gives every name of a hard-linked file its own kernel inode, so a cached
+    // attribute of one name would go stale when the file changes through another: no caching.
+    'attr_timeout=0',
     // Shown as fuse.snapfs in /proc/mounts; snapctl finds its mounts by this type.
     'subtype=snapfs',
     'fsname=' + set.fsname.replace(/[,\\]/g, '_')

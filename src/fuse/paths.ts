@@ -8,6 +8,7 @@
  */
 import { fail } from '../errors.js'
 import { ROOT_INO } from '../store/records.js'
+import { NAME_MAX } from '../store/keys.js'
 import type { LiveVolume } from '../fs/volume.js'
 
 const HIDDEN = /^\.fuse_hidden[0-9a-f]+$/
@@ -35,6 +36,7 @@ export class PathTable {
     while (start < length) {
       let end = path.indexOf('/', start)
       if (end === -1) end = length
+      if ((end - start) * 3 > NAME_MAX && Buffer.byteLength(path.slice(start, end)) > NAME_MAX) fail('ENAMETOOLONG', path.slice(start, end))
       if (end > start) ino = this.volume.lookup(ino, path.slice(start, end)).ino
       start = end + 1
     }
