@@ -17,8 +17,8 @@ const debug = createDebug('snapfs:cache')
 
 /** What the cache needs from the layer below: a block's bytes, and a hint to read ahead. */
 export interface PageSource {
-  /** The stored bytes of block `index` of `ino` (a fresh buffer the cache may keep), or undefined for a hole. */
-  read: (ino: number, index: number) => Buffer | undefined
+  /** Fills `into` with block `index` of `ino` and returns true, or returns false for a hole. */
+  read: (ino: number, index: number, into: Buffer) => boolean
   /** Asks the store to bring these blocks into memory in the background. */
   prefetch: (ino: number, indexes: number[]) => void
 }
@@ -30,6 +30,8 @@ export class Page {
   dirty = false
   /** When the page last went from clean to dirty (ms). */
   dirtySince = 0
+  /** The cache's dirty counter when the page last went from clean to dirty. */
+  dirtySeq = 0
   /** Sequence number of the commit carrying this page's data, until that commit is visible. */
   pinned = 0
   prev: Page | null = null
@@ -45,6 +47,12 @@ export class Page {
 /** Read-ahead window, in pages: starts small and doubles while reads stay sequential. */
 const READAHEAD_MIN = 4
 const READAHEAD_MAX = 32
+/**
+ * Buffers of evicted pages kept for new pages. Reusing them keeps page memory out of the garbage
+ * collector's hands: freed 64 KiB buffers would otherwise pile up as external memory until V8
+ * decides to collect, far past the cache bound.
+ */
+const SPARE_BUFFERS = 64
 
 interface Stream { next: number, window: number, ahead: number }
 
@@ -57,11 +65,14 @@ export class PageCache {
   private readonly dirtySet = new Set<Page>()
   /** Dirty page count per inode. */
   private readonly dirtyCount = new Map<number, number>()
+  /** Counts clean → dirty transitions; orders dirty pages for write-back. */
+  private dirtyCounter = 0
   /** LRU list: head is the least recently used page. */
   private head: Page | null = null
   private tail: Page | null = null
   private resident = 0
   private readonly streams = new Map<number, Stream>()
+  private readonly spare: Buffer[] = []
 
   constructor (pageSize: number, maxBytes: number, source: PageSource) {
     this.pageSize = pageSize
@@ -79,6 +90,17 @@ export class PageCache {
 
   dirtyPagesOf (ino: number): number {
     return this.dirtyCount.get(ino) ?? 0
+  }
+
+  /** A mark: pages dirtied from now on compare after it (see `dirtyBefore`). */
+  dirtyMark (): number {
+    return this.dirtyCounter
+  }
+
+  /** Whether a page dirtied at or before `mark` is still dirty. */
+  dirtyBefore (mark: number): boolean {
+    for (const page of this.dirtySet) return page.dirtySeq <= mark
+    return false
   }
 
   /** Age in ms of the oldest dirty page, 0 when nothing is dirty. */
@@ -102,8 +124,11 @@ export class PageCache {
     this.readAhead(ino, index)
     const page = this.peek(ino, index)
     if (page !== undefined) return page
-    const data = this.source.read(ino, index)
-    if (data === undefined) return undefined
+    const data = this.allocate()
+    if (!this.source.read(ino, index, data)) {
+      this.recycle(data)
+      return undefined
+    }
     return this.insert(ino, index, data)
   }
 
@@ -114,8 +139,9 @@ export class PageCache {
   write (ino: number, index: number, whole: boolean): Page {
     const page = this.peek(ino, index)
     if (page !== undefined) return page
-    const data = whole ? undefined : this.source.read(ino, index)
-    return this.insert(ino, index, data ?? Buffer.alloc(this.pageSize))
+    const data = this.allocate()
+    if (whole || !this.source.read(ino, index, data)) data.fill(0)
+    return this.insert(ino, index, data)
   }
 
   /** True when no page can be added without a commit first (all resident pages dirty or pinned). */
@@ -134,6 +160,7 @@ export class PageCache {
     if (page.dirty) return
     page.dirty = true
     page.dirtySince = now
+    page.dirtySeq = ++this.dirtyCounter
     this.dirtySet.add(page)
     this.dirtyCount.set(page.ino, (this.dirtyCount.get(page.ino) ?? 0) + 1)
   }
@@ -147,10 +174,11 @@ export class PageCache {
     else this.dirtyCount.set(page.ino, count)
   }
 
-  /** Takes every dirty page for a commit: they become clean and pinned. */
-  takeDirty (seq: number): Page[] {
+  /** Takes up to `limit` dirty pages, oldest first, for a commit: they become clean and pinned. */
+  takeDirty (seq: number, limit: number): Page[] {
     const taken: Page[] = []
     for (const page of this.dirtySet) {
+      if (taken.length >= limit) break
       page.pinned = seq
       taken.push(page)
     }
@@ -224,6 +252,16 @@ export class PageCache {
     this.markClean(page)
     this.unlink(page)
     this.resident--
+    this.recycle(page.data)
+  }
+
+  /** A page-sized buffer with unspecified contents. */
+  private allocate (): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafeSlow(this.pageSize)
+  }
+
+  private recycle (data: Buffer): void {
+    if (this.spare.length < SPARE_BUFFERS) this.spare.push(data)
   }
 
   private readAhead (ino: number, index: number): void {

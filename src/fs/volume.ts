@@ -74,7 +74,7 @@ export class LiveVolume {
     this.record = record
     this.blockSize = store.blockSize
     this.cache = new PageCache(this.blockSize, options.cacheBytes, {
-      read: (ino, index) => this.readStoredBlock(ino, index),
+      read: (ino, index, into) => this.readStoredBlock(ino, index, into),
       prefetch: (ino, indexes) => this.prefetchBlocks(ino, indexes)
     })
     this.writeback = new Writeback(this, options.dirtyAgeMs)
@@ -349,7 +349,7 @@ export class LiveVolume {
     if (end > MAX_FILE_SIZE) fail('EFBIG', `offset ${end}`)
     const bs = this.blockSize
     const pages = Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1
-    while (this.cache.isFull()) await this.writeback.commit()
+    while (this.cache.isFull()) await this.writeback.step()
     if (pages > 1 && this.cache.residentPages + pages > this.cache.maxPages) this.cache.evict(pages)
     const now = Date.now()
     let pos = offset
@@ -550,17 +550,18 @@ export class LiveVolume {
     return false
   }
 
-  private readStoredBlock (ino: number, index: number): Buffer | undefined {
-    if (this.truncatedAway(ino, index)) return undefined
+  private readStoredBlock (ino: number, index: number, into: Buffer): boolean {
+    if (this.truncatedAway(ino, index)) return false
     const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
-    if (raw === undefined) return undefined
+    if (raw === undefined) return false
     const { block } = decodeBmap(raw)
-    const stored = this.store.blocks.getBinary(blockKey(block))
+    const stored = this.store.blocks.getBinaryFast(blockKey(block))
     if (stored === undefined) fail('EIO', `block ${block} of inode ${ino} is missing`)
-    if (stored.length === this.blockSize) return stored
-    const data = Buffer.alloc(this.blockSize)
-    stored.copy(data)
-    return data
+    // getBinaryFast hands back a shared buffer whose byteLength exceeds the value: copy by length.
+    const length = stored.length
+    into.set(stored.subarray(0, length))
+    if (length < into.length) into.fill(0, length)
+    return true
   }
 
   private prefetchBlocks (ino: number, indexes: number[]): void {

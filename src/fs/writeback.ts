@@ -24,6 +24,12 @@ const debug = createDebug('snapfs:writeback')
  */
 const SYNC_COMMIT_PAGES = 16
 
+/**
+ * Data one commit carries at most, in bytes: it bounds the memory LMDB's write transaction
+ * allocates for its dirty pages, and so the daemon's memory beyond the page cache.
+ */
+const COMMIT_BYTES = 16 * 1024 * 1024
+
 export class Writeback {
   private readonly volume: LiveVolume
   private readonly dirtyAgeMs: number
@@ -56,8 +62,23 @@ export class Writeback {
     this.commit().catch(() => {})
   }
 
-  /** Resolves once everything changed before this call is committed; rejects if that commit failed. */
-  commit (): Promise<void> {
+  /**
+   * Resolves once everything changed before this call is committed; rejects if a commit failed.
+   * Each commit carries every metadata change and up to COMMIT_BYTES of the oldest dirty pages,
+   * so this may take several.
+   */
+  async commit (): Promise<void> {
+    const mark = this.volume.cache.dirtyMark()
+    await this.commitOnce()
+    while (this.volume.cache.dirtyBefore(mark)) await this.commitOnce()
+  }
+
+  /** Resolves once one commit that started after this call is visible (writers under pressure). */
+  step (): Promise<void> {
+    return this.commitOnce()
+  }
+
+  private commitOnce (): Promise<void> {
     if (this.running === null) {
       if (this.volume.clean) return Promise.resolve()
       this.running = this.run().finally(() => { this.running = null })
@@ -67,7 +88,7 @@ export class Writeback {
       const after = this.running.catch(() => {})
       this.queued = after.then(async () => {
         this.queued = null
-        return await this.commit()
+        return await this.commitOnce()
       })
     }
     return this.queued
@@ -88,7 +109,7 @@ export class Writeback {
     const apply = (): void => {
       const changes = volume.changes
       volume.changes = new ChangeSet()
-      const pages = volume.cache.takeDirty(seq)
+      const pages = volume.cache.takeDirty(seq, Math.max(1, Math.floor(COMMIT_BYTES / volume.blockSize)))
       taken = { changes, pages }
       volume.truncationsInFlight.set(seq, changes.truncations)
       applyChanges(volume, changes, pages)
