@@ -1,10 +1,12 @@
 /**
  * A storage-less FUSE daemon on fuse-native: the ceiling the benchmark compares snapfs with.
  *
- * Metadata (directories, files with sizes, modes, owners and times, symlinks) lives in memory;
- * file contents are never stored: writes only extend the size and reads return zeros. It mounts
- * with the same options as snapfs (only the subtype differs), so the two pay the same kernel and
- * binding costs per request.
+ * Metadata (directories, files with sizes, modes, owners and times, symlinks, extended
+ * attributes) lives in memory; file contents are never stored: writes only extend the size and
+ * reads return zeros. It mounts with the same options as snapfs (only the subtype differs) and
+ * implements the same operations, so the kernel sends both the same requests (for instance the
+ * security.capability lookup before every write, which only a file system with xattrs receives)
+ * and the two pay the same kernel and binding costs per request.
  *
  * Usage: node dist/scripts/null-fs.js MOUNTPOINT
  * Prints "ready" once mounted; on SIGTERM or SIGINT it unmounts (lazily if busy) and exits 0.
@@ -38,6 +40,8 @@ interface Node {
   subdirs: number
   /** Present on symlinks only. */
   target?: string
+  /** Extended attributes, created on first use. */
+  xattrs?: Map<string, Buffer>
 }
 
 /** What fuse-native turns into a struct stat (times in milliseconds). */
@@ -279,6 +283,30 @@ const ops = {
   },
   rename (from: string, to: string, cb: DoneCallback): void {
     cb(rename(from, to))
+  },
+  getxattr (path: string, name: string, _position: number, cb: ValueCallback<Buffer>): void {
+    const node = lookup(path)
+    if (typeof node === 'number') cb(node)
+    else {
+      const value = node.xattrs?.get(name)
+      if (value === undefined) cb(-E.ENODATA)
+      else cb(0, value)
+    }
+  },
+  listxattr (path: string, cb: ValueCallback<string[]>): void {
+    const node = lookup(path)
+    if (typeof node === 'number') cb(node)
+    else cb(0, [...(node.xattrs?.keys() ?? [])])
+  },
+  setxattr (path: string, name: string, value: Buffer, _position: number, _flags: number, cb: DoneCallback): void {
+    withNode(path, cb, node => {
+      node.xattrs ??= new Map()
+      node.xattrs.set(name, Buffer.from(value))
+      return 0
+    })
+  },
+  removexattr (path: string, name: string, cb: DoneCallback): void {
+    withNode(path, cb, node => node.xattrs?.delete(name) === true ? 0 : -E.ENODATA)
   },
   flush (_path: string, _fd: number, cb: DoneCallback): void {
     cb(0)

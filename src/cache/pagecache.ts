@@ -133,14 +133,15 @@ export class PageCache {
   }
 
   /**
-   * The page for writing. `whole` says the caller overwrites all of it, so a page not resident
-   * need not be read first. The caller must have checked `isFull()` (and waited for a commit).
+   * The page for writing. `fill` says what a page not resident starts as: 'stored' reads the
+   * block, 'zeros' skips the read (the page lies past the end of the file), 'none' leaves it
+   * uninitialised because the caller overwrites all of it.
    */
-  write (ino: number, index: number, whole: boolean): Page {
+  write (ino: number, index: number, fill: 'stored' | 'zeros' | 'none'): Page {
     const page = this.peek(ino, index)
     if (page !== undefined) return page
     const data = this.allocate()
-    if (whole || !this.source.read(ino, index, data)) data.fill(0)
+    if (fill === 'zeros' || (fill === 'stored' && !this.source.read(ino, index, data))) data.fill(0)
     return this.insert(ino, index, data)
   }
 
@@ -149,11 +150,6 @@ export class PageCache {
     if (this.resident < this.maxPages) return false
     this.evict(1)
     return this.resident >= this.maxPages
-  }
-
-  /** True when enough is dirty that write-back should start now. */
-  wantsWriteback (): boolean {
-    return this.dirtySet.size >= this.maxPages / 2
   }
 
   markDirty (page: Page, now: number): void {

@@ -21,6 +21,8 @@ export class ChangeSet {
   readonly truncations = new Map<number, number>()
   /** Per inode: true when it became an orphan (unlinked while open), false when no longer one. */
   readonly orphans = new Map<number, boolean>()
+  /** Whether the volume record (its inode reservation) must be saved. */
+  volume = false
   /** When the oldest change in this set was made (ms), 0 when empty. */
   since = 0
 
@@ -74,6 +76,7 @@ export class ChangeSet {
     }
     for (const [ino, from] of older.truncations) this.truncate(ino, from, older.since)
     for (const [ino, orphan] of older.orphans) if (!this.orphans.has(ino)) this.orphans.set(ino, orphan)
+    if (older.volume) this.volume = true
     if (!older.empty && (this.since === 0 || older.since < this.since)) this.since = older.since
   }
 }

@@ -62,7 +62,7 @@ export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Pag
     if (orphan) writer.markOrphan(ino)
     else writer.clearOrphan(ino)
   }
-  writer.finish(volume.record)
+  writer.finish(volume.record, changes.volume)
 }
 
 const ZERO = Buffer.alloc(1024 * 1024)

@@ -18,7 +18,7 @@ import createDebug from 'debug'
 import { fail } from '../errors.js'
 import { NAME_MAX, bmapKey, blockKey, decodeBmap, inodeKey, nameOfKey, prefixRange } from '../store/keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
-import type { Store } from '../store/store.js'
+import { INODE_RESERVE, type Store } from '../store/store.js'
 import { PageCache } from '../cache/pagecache.js'
 import { ChangeSet } from './changes.js'
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, type Attr, type Inode } from './inode.js'
@@ -68,6 +68,11 @@ export class LiveVolume {
   private readonly inodes = new Map<number, Inode>()
   private readonly dirs = new Map<number, Map<string, DirentRecord>>()
   private readonly xattrs = new Map<number, Map<string, Buffer>>()
+  /**
+   * Next inode number to hand out. `record.nextIno` is the saved reservation ceiling: numbers
+   * below it may be in use, so a restart continues from the ceiling.
+   */
+  private nextIno: number
 
   constructor (store: Store, record: VolumeRecord, options: VolumeOptions) {
     this.store = store
@@ -78,6 +83,7 @@ export class LiveVolume {
       prefetch: (ino, indexes) => this.prefetchBlocks(ino, indexes)
     })
     this.writeback = new Writeback(this, options.dirtyAgeMs)
+    this.nextIno = record.nextIno
   }
 
   /** Deletes inodes left unlinked-but-open by a daemon that died; call once after opening. */
@@ -357,8 +363,8 @@ export class LiveVolume {
       const index = Math.floor(pos / bs)
       const within = pos - index * bs
       const count = Math.min(bs - within, end - pos)
-      const whole = count === bs || index * bs >= inode.size
-      const page = this.cache.write(ino, index, whole)
+      const fill = count === bs ? 'none' : index * bs >= inode.size ? 'zeros' : 'stored'
+      const page = this.cache.write(ino, index, fill)
       data.copy(page.data, within, pos - offset, pos - offset + count)
       this.cache.markDirty(page, now)
       pos += count
@@ -367,7 +373,7 @@ export class LiveVolume {
     inode.mtime = now
     inode.ctime = now
     this.dirtyInode(inode, now)
-    if (this.cache.wantsWriteback()) this.writeback.start()
+    this.writeback.afterWrite()
     return data.length
   }
 
@@ -389,7 +395,7 @@ export class LiveVolume {
 
   /** Inode numbers handed out so far (statfs reports it as files in use). */
   inodeCount (): number {
-    return this.record.nextIno - 1
+    return this.nextIno - 1
   }
 
   /** Whether nothing is waiting in memory for a commit. */
@@ -417,7 +423,11 @@ export class LiveVolume {
     if (dir.nlink === 0) fail('ENOENT', 'directory was removed')
     if (this.entries(parent).has(name)) fail('EEXIST', name)
     const now = Date.now()
-    const ino = this.record.nextIno++
+    const ino = this.nextIno++
+    if (this.nextIno > this.record.nextIno) {
+      this.record.nextIno = ino + INODE_RESERVE
+      this.changes.volume = true
+    }
     const inode: Inode = {
       ino,
       mode,
@@ -501,7 +511,7 @@ export class LiveVolume {
       this.changes.truncate(inode.ino, keep, now)
       const within = size % bs
       if (within !== 0) {
-        const page = this.cache.write(inode.ino, keep - 1, false)
+        const page = this.cache.write(inode.ino, keep - 1, 'stored')
         page.data.fill(0, within)
         this.cache.markDirty(page, now)
       }

@@ -40,9 +40,13 @@ export class Writeback {
   /** The last commit error, reported once by the next fsync or flush that waits. */
   lastError: Error | null = null
 
+  /** Pages one commit carries at most. */
+  private readonly commitPages: number
+
   constructor (volume: LiveVolume, dirtyAgeMs: number) {
     this.volume = volume
     this.dirtyAgeMs = dirtyAgeMs
+    this.commitPages = Math.max(1, Math.floor(COMMIT_BYTES / volume.blockSize))
   }
 
   /** Starts the dirty-age timer. */
@@ -55,6 +59,17 @@ export class Writeback {
   stopTimer (): void {
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
+  }
+
+  /**
+   * Called after each write: starts write-back once a commit's worth of pages (or half the
+   * cache) is dirty, so commits overlap with the writes that follow instead of waiting for
+   * the cache to fill.
+   */
+  afterWrite (): void {
+    const cache = this.volume.cache
+    const threshold = Math.min(cache.maxPages / 2, this.commitPages)
+    if (this.running === null && cache.dirtyPages >= threshold) this.start()
   }
 
   /** Starts a commit without waiting for it (errors are kept for the next waiter). */
@@ -109,7 +124,7 @@ export class Writeback {
     const apply = (): void => {
       const changes = volume.changes
       volume.changes = new ChangeSet()
-      const pages = volume.cache.takeDirty(seq, Math.max(1, Math.floor(COMMIT_BYTES / volume.blockSize)))
+      const pages = volume.cache.takeDirty(seq, this.commitPages)
       taken = { changes, pages }
       volume.truncationsInFlight.set(seq, changes.truncations)
       applyChanges(volume, changes, pages)

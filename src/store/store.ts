@@ -24,6 +24,12 @@ export const FORMAT_VERSION = 1
 /** Default data block size: a 64 KiB value costs 17 LMDB pages (6 % overhead, DESIGN.md). */
 export const DEFAULT_BLOCK_SIZE = 64 * 1024
 
+/** Block ids reserved at a time (see Store.blockCeiling). */
+export const BLOCK_RESERVE = 4096
+
+/** Inode numbers reserved at a time (see LiveVolume). */
+export const INODE_RESERVE = 1024
+
 /** Name of the volume every store starts with. */
 export const DEFAULT_VOLUME = 'main'
 
@@ -51,8 +57,14 @@ export class Store {
   readonly deadlist: BinaryDb
   readonly births: BinaryDb
   readonly format: FormatRecord
-  /** Next block id to hand out; persisted by every commit that allocates. */
+  /** Next block id to hand out. */
   nextBlock: number
+  /**
+   * Block ids below this are reserved (saved as "nextBlock"); a commit that hands out the last one
+   * reserves the next BLOCK_RESERVE, so most commits need not rewrite the counter. Ids reserved
+   * but never used are skipped after a restart.
+   */
+  blockCeiling: number
 
   private constructor (dir: string, root: RootDatabase) {
     this.dir = dir
@@ -86,6 +98,7 @@ export class Store {
     }
     this.format = format
     this.nextBlock = (this.meta.get('nextBlock') as number | undefined) ?? 1
+    this.blockCeiling = this.nextBlock
   }
 
   /** The block size of this store, in bytes. */
@@ -166,6 +179,9 @@ function openEnvironment (dir: string): RootDatabase {
   return open({
     path: dir,
     maxDbs: 16,
+    // The store is a directory (data.mdb and lock.mdb inside), whatever its name looks like:
+    // lmdb-js would take a name with a dot for a single-file environment.
+    noSubdir: false,
     // Keys of records are binary; lmdb-js's default key size limit (1978 bytes) fits
     // vol + ino + a 255-byte name comfortably.
     compression: false,

@@ -13,7 +13,7 @@
  */
 import { Table, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, encodeBmap, encodeCount, historyKey, inodeKey, prefixRange, direntKey, sectorsOf, xattrKey } from './keys.js'
 import type { DirentRecord, InodeRecord, VolumeRecord, XattrRecord } from './records.js'
-import type { Store } from './store.js'
+import { BLOCK_RESERVE, type Store } from './store.js'
 
 const EMPTY = Buffer.alloc(0)
 
@@ -22,7 +22,7 @@ export class VersionWriter {
   private readonly vol: number
   private readonly gen: number
   private readonly lastSnapGen: number
-  /** Whether nextBlock changed and must be saved with this transaction. */
+  /** Whether the block reservation moved and must be saved with this transaction. */
   private allocated = false
 
   constructor (store: Store, volume: VolumeRecord) {
@@ -100,7 +100,10 @@ export class VersionWriter {
       return sectorsOf(data.length) - oldSectors
     }
     const block = this.store.nextBlock++
-    this.allocated = true
+    if (this.store.nextBlock > this.store.blockCeiling) {
+      this.store.blockCeiling = block + BLOCK_RESERVE
+      this.allocated = true
+    }
     this.store.blocks.putSync(blockKey(block), data)
     if (old !== undefined) this.retireBlockHead(key, old.block, old.birth, raw as Buffer, true)
     this.store.bmap.putSync(key, encodeBmap({ block, birth: this.gen, length: data.length }))
@@ -141,10 +144,10 @@ export class VersionWriter {
     this.store.orphans.removeSync(inodeKey(this.vol, ino))
   }
 
-  /** Saves counters changed by this transaction (call last). */
-  finish (volume: VolumeRecord): void {
-    if (this.allocated) this.store.meta.putSync('nextBlock', this.store.nextBlock)
-    this.store.volumes.putSync(volume.id, volume)
+  /** Saves the block reservation if it moved, and the volume record if it changed (call last). */
+  finish (volume: VolumeRecord, volumeChanged: boolean): void {
+    if (this.allocated) this.store.meta.putSync('nextBlock', this.store.blockCeiling)
+    if (volumeChanged) this.store.volumes.putSync(volume.id, volume)
   }
 
   /** Drops one reference to a block, deleting it with its last reference. */
