@@ -4,7 +4,8 @@
  * libfuse 2.9's high-level API hides a file that is unlinked (or renamed over) while open by
  * renaming it to `.fuse_hiddenXXXX` and unlinking that name at the last close. Real unlink
  * semantics need the name gone at once, so such a rename becomes a real unlink here and the
- * hidden name is only an alias, known to this table, for the open inode.
+ * hidden name is only an alias, known to this table, for the open inode. Aliases are keyed by the
+ * directory's inode, so they survive renames of that directory or its ancestors.
  */
 import { fail } from '../errors.js'
 import { ROOT_INO } from '../store/records.js'
@@ -19,7 +20,7 @@ export function isHiddenName (name: string): boolean {
 
 export class PathTable {
   private readonly volume: LiveVolume
-  /** Hidden alias path → inode of a file unlinked while open. */
+  /** "directory inode/hidden name" → inode of a file unlinked while open. */
   private readonly hidden = new Map<string, number>()
 
   constructor (volume: LiveVolume) {
@@ -28,8 +29,6 @@ export class PathTable {
 
   /** The inode at `path` ("/a/b"); ENOENT or ENOTDIR when a component is missing or not a directory. */
   resolve (path: string): number {
-    const alias = this.hidden.get(path)
-    if (alias !== undefined) return alias
     let ino = ROOT_INO
     let start = 1
     const length = path.length
@@ -37,7 +36,7 @@ export class PathTable {
       let end = path.indexOf('/', start)
       if (end === -1) end = length
       if ((end - start) * 3 > NAME_MAX && Buffer.byteLength(path.slice(start, end)) > NAME_MAX) fail('ENAMETOOLONG', path.slice(start, end))
-      if (end > start) ino = this.volume.lookup(ino, path.slice(start, end)).ino
+      if (end > start) ino = this.step(ino, path.slice(start, end))
       start = end + 1
     }
     return ino
@@ -52,11 +51,23 @@ export class PathTable {
   }
 
   addHidden (path: string, ino: number): void {
-    this.hidden.set(path, ino)
+    const { parent, name } = this.parent(path)
+    this.hidden.set(`${parent}/${name}`, ino)
   }
 
   /** Forgets a hidden alias; true if `path` was one. */
   dropHidden (path: string): boolean {
-    return this.hidden.delete(path)
+    const slash = path.lastIndexOf('/')
+    if (!isHiddenName(path.slice(slash + 1))) return false
+    const { parent, name } = this.parent(path)
+    return this.hidden.delete(`${parent}/${name}`)
+  }
+
+  private step (dir: number, name: string): number {
+    if (isHiddenName(name)) {
+      const alias = this.hidden.get(`${dir}/${name}`)
+      if (alias !== undefined) return alias
+    }
+    return this.volume.lookup(dir, name).ino
   }
 }

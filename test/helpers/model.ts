@@ -239,6 +239,16 @@ function summary (st: fs.Stats): string {
   return `${type} mode=${mode} nlink=${st.nlink}${type === 'dir' ? '' : ` size=${st.size}`}`
 }
 
+/**
+ * The summary of a descriptor's fstat, without the link count. Through libfuse 2's path-based API
+ * every name of a file is a separate kernel inode, and the kernel adjusts a descriptor's link
+ * count itself on unlink and may serve it without asking the daemon; fuse-native also turns 0
+ * into 1. Link counts are compared through names (stat), where they are fresh.
+ */
+function descriptorSummary (st: fs.Stats): string {
+  return summary(st).replace(/ nlink=\d+/, '')
+}
+
 export function openSide (root: string): Side {
   return { root, slots: Array.from({ length: SLOTS }, () => null) }
 }
@@ -354,7 +364,7 @@ function run (side: Side, op: Op): string | Buffer {
       fs.fsyncSync(slotFd(side, op.slot))
       return ''
     case 'fdstat':
-      return summary(fs.fstatSync(slotFd(side, op.slot)))
+      return descriptorSummary(fs.fstatSync(slotFd(side, op.slot)))
     case 'close': {
       const fd = slotFd(side, op.slot)
       side.slots[op.slot] = null
@@ -514,7 +524,7 @@ function fdState (side: Side, slot: number): string {
   const s = side.slots[slot]
   if (!s) return 'closed'
   try {
-    return summary(fs.fstatSync(s.fd))
+    return descriptorSummary(fs.fstatSync(s.fd))
   } catch (e) {
     return `error ${errorCode(e)}`
   }
@@ -631,12 +641,31 @@ export function generateOp (rng: Rng, ref: Side): Op {
     return s ? fs.fstatSync(s.fd).size : 0
   }
 
+  // libfuse 2's path-based API keeps a file that is unlinked while open under a hidden name in
+  // its directory, and loses track of it when that directory is removed (the descriptor then
+  // answers ENOENT without the daemon being asked). While such a file is open, no directory is
+  // removed: neither by rmdir nor by renaming a directory over it. The inode-based native
+  // transport lifts this.
+  const unlinkedOpen = open.some(i => fs.fstatSync(ref.slots[i]!.fd).nlink === 0)
+  // For the same reason the kernel caches the data and size of a file per name: a descriptor held
+  // open on one name does not see writes made through another (its cached pages and its O_APPEND
+  // position go stale). While a descriptor is open no hard link is made, and no descriptor is
+  // opened on a file that has several names.
+  const linked = (path: string): boolean => {
+    try {
+      return fs.statSync(full(ref.root, path)).nlink > 1
+    } catch {
+      return false
+    }
+  }
+
   type Kind = Op['kind']
   const table: [Kind, number][] = [
-    ['write', 14], ['truncate', 6], ['read', 6], ['rename', 9], ['link', 5], ['unlink', 6],
-    ['mkdir', 7], ['rmdir', 5], ['chmod', 4], ['symlink', 4], ['readlink', 2], ['fsync', 3],
-    ['stat', 2]
+    ['write', 14], ['truncate', 6], ['read', 6], ['rename', 9], ['unlink', 6],
+    ['mkdir', 7], ['chmod', 4], ['symlink', 4], ['readlink', 2], ['fsync', 3], ['stat', 2]
   ]
+  if (!unlinkedOpen) table.push(['rmdir', 5])
+  if (open.length === 0) table.push(['link', 5])
   if (free.length > 0) table.push(['open', 5])
   if (open.length > 0) {
     table.push(['fdwrite', 8], ['fdread', 5], ['fdtruncate', 3], ['fdsync', 2], ['fdstat', 2], ['close', 4])
@@ -661,7 +690,9 @@ export function generateOp (rng: Rng, ref: Side): Op {
       if (dirs.includes(from) && rng.chance(0.15)) {
         return { kind, from, to: child(rng.chance(0.5) ? from : child(from, rng.pick(NAMES)), rng.pick(NAMES)) }
       }
-      return { kind, from, to: rng.chance(0.5) ? anyPath() : freshPath() }
+      const to = rng.chance(0.5) ? anyPath() : freshPath()
+      if (unlinkedOpen && dirs.includes(to)) return { kind: 'stat', path: to }
+      return { kind, from, to }
     }
     case 'link':
       return { kind, from: rng.chance(0.15) ? anyPath() : filePath(), to: freshPath() }
@@ -688,8 +719,11 @@ export function generateOp (rng: Rng, ref: Side): Op {
     case 'fsync':
     case 'stat':
       return { kind, path: anyPath() }
-    case 'open':
-      return { kind, slot: rng.pick(free), path: rng.chance(0.8) ? filePath() : anyPath(), flags: rng.pick(FLAG_NAMES) }
+    case 'open': {
+      const path = rng.chance(0.8) ? filePath() : anyPath()
+      if (linked(path)) return { kind: 'stat', path }
+      return { kind, slot: rng.pick(free), path, flags: rng.pick(FLAG_NAMES) }
+    }
     case 'fdwrite': {
       const slot = rng.pick(open)
       const len = pickLen(rng)
