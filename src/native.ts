@@ -12,6 +12,8 @@ import { UserError } from './errors.js'
 interface NativeAddon {
   /** syncfs(2) on the file system holding `fd`. */
   syncfs: (fd: number) => void
+  /** madvise(MADV_DONTNEED) on a page-aligned range of a shared, read-only file mapping. */
+  releaseMapping: (start: bigint, length: bigint) => void
 }
 
 let addon: NativeAddon | null = null
@@ -38,4 +40,23 @@ export function syncMount (dir: string): void {
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/**
+ * Drops this process's mappings of `file`'s pages (they stay in the kernel's page cache), so a
+ * memory-mapped store does not count against the process's resident memory. Returns the bytes
+ * of mappings released.
+ */
+export function releaseFileMappings (file: string): number {
+  const addon = native()
+  let released = 0
+  for (const line of fs.readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    if (!line.endsWith(file)) continue
+    const fields = line.split(/\s+/)
+    if (fields[5] !== file || fields[1][0] !== 'r' || fields[1][1] !== '-' || fields[1][3] !== 's') continue
+    const [start, end] = fields[0].split('-').map(hex => BigInt('0x' + hex))
+    addon.releaseMapping(start, end - start)
+    released += Number(end - start)
+  }
+  return released
 }

@@ -8,9 +8,18 @@
  *     must never be called on a mount whose daemon is that same thread.
  *     On failure it throws an Error shaped like Node's own fs errors:
  *     code ('EBADF', ...), errno (negative, as Node reports it), syscall.
+ *
+ *   releaseMapping(start: bigint, length: bigint): void
+ *     madvise(MADV_DONTNEED) on a page-aligned range of a shared, read-only
+ *     file mapping of this process (LMDB's map of the store file): the pages
+ *     stay in the kernel's page cache, only this process's mapping of them
+ *     goes, so the store file stops counting against the daemon's resident
+ *     memory. The next access faults the same bytes back in.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,6 +57,9 @@ static const char *errno_name(int err) {
     case EDQUOT: return "EDQUOT";
     case EINTR: return "EINTR";
     case ENOSYS: return "ENOSYS";
+    case EINVAL: return "EINVAL";
+    case ENOMEM: return "ENOMEM";
+    case EAGAIN: return "EAGAIN";
     default: return "UNKNOWN";
   }
 }
@@ -97,10 +109,48 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Reads argument i as an unsigned 64-bit bigint; throws and returns 0 otherwise. */
+static int get_u64(napi_env env, napi_value value, const char *what, uint64_t *out) {
+  napi_valuetype type = napi_undefined;
+  bool lossless = false;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_bigint ||
+      napi_get_value_bigint_uint64(env, value, out, &lossless) != napi_ok || !lossless) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+    return 0;
+  }
+  return 1;
+}
+
+/* releaseMapping(start, length): madvise(MADV_DONTNEED) on a page-aligned range. */
+static napi_value js_release_mapping(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "releaseMapping: start and length are required");
+    return NULL;
+  }
+  uint64_t start = 0, length = 0;
+  if (!get_u64(env, argv[0], "releaseMapping: start must be a bigint", &start)) return NULL;
+  if (!get_u64(env, argv[1], "releaseMapping: length must be a bigint", &length)) return NULL;
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  if (start % page != 0 || length % page != 0 || length == 0) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "releaseMapping: start and length must be whole pages");
+    return NULL;
+  }
+  if (madvise((void *)(uintptr_t)start, (size_t)length, MADV_DONTNEED) != 0) {
+    throw_errno(env, errno, "madvise");
+  }
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   NAPI_CHECK(env, napi_create_function(env, "syncfs", NAPI_AUTO_LENGTH,
                                        js_syncfs, NULL, &fn));
   NAPI_CHECK(env, napi_set_named_property(env, exports, "syncfs", fn));
+  NAPI_CHECK(env, napi_create_function(env, "releaseMapping", NAPI_AUTO_LENGTH,
+                                       js_release_mapping, NULL, &fn));
+  NAPI_CHECK(env, napi_set_named_property(env, exports, "releaseMapping", fn));
   return exports;
 }

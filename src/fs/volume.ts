@@ -63,6 +63,8 @@ export class LiveVolume {
   readonly writeback: Writeback
   readonly blockSize: number
   changes = new ChangeSet()
+  /** Whether blocks were read or written through the store's map since it was last released. */
+  mapTouched = false
   /** Truncations whose commit is under way, per commit sequence: reads must not see the blocks they drop. */
   readonly truncationsInFlight = new Map<number, Map<number, number>>()
   private readonly inodes = new Map<number, Inode>()
@@ -566,6 +568,7 @@ export class LiveVolume {
     if (raw === undefined) return false
     const { block } = decodeBmap(raw)
     const stored = this.store.blocks.getBinaryFast(blockKey(block))
+    this.mapTouched = true
     if (stored === undefined) fail('EIO', `block ${block} of inode ${ino} is missing`)
     // getBinaryFast hands back a shared buffer whose byteLength exceeds the value: copy by length.
     const length = stored.length

@@ -30,6 +30,9 @@ const SYNC_COMMIT_PAGES = 16
  */
 const COMMIT_BYTES = 16 * 1024 * 1024
 
+/** After a commit of this many pages the store's map is released at once, not at the next tick. */
+const RELEASE_MAP_PAGES = 64
+
 export class Writeback {
   private readonly volume: LiveVolume
   private readonly dirtyAgeMs: number
@@ -110,6 +113,10 @@ export class Writeback {
   }
 
   private onTimer (): void {
+    if (this.volume.mapTouched) {
+      this.volume.mapTouched = false
+      this.volume.store.releaseMap()
+    }
     const now = Date.now()
     const { changes, cache } = this.volume
     const metaAge = changes.empty ? 0 : now - changes.since
@@ -140,6 +147,8 @@ export class Writeback {
     if (taken === null) return
     const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }
     volume.cache.unpin(pages, seq)
+    if (pages.length > 0) volume.mapTouched = true
+    if (pages.length >= RELEASE_MAP_PAGES) volume.store.releaseMap()
     for (const ino of changes.removed) volume.forget(ino)
     debug('commit %d: %d pages, %d inodes, %d removed in %d ms', seq, pages.length, changes.inodes.size, changes.removed.size, Date.now() - started)
   }

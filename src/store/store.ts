@@ -15,6 +15,7 @@ import createDebug from 'debug'
 import { UserError } from '../errors.js'
 import { ROOT_INO, type FormatRecord, type InodeRecord, type VolumeRecord } from './records.js'
 import { inodeKey } from './keys.js'
+import { releaseFileMappings } from '../native.js'
 
 const debug = createDebug('snapfs:store')
 
@@ -59,6 +60,7 @@ export class Store {
   readonly format: FormatRecord
   /** Next block id to hand out. */
   nextBlock: number
+  private mapReleaseUnavailable = false
   /**
    * Block ids below this are reserved (saved as "nextBlock"); a commit that hands out the last one
    * reserves the next BLOCK_RESERVE, so most commits need not rewrite the counter. Ids reserved
@@ -161,6 +163,22 @@ export class Store {
       throw new UserError(`no volume "${name}" in ${this.dir} (volumes: ${names.join(', ')})`)
     }
     return record
+  }
+
+  /**
+   * Releases the process's mappings of the store file: LMDB reads through a memory map, and the
+   * pages it touched would otherwise stay counted in the daemon's resident memory. They remain in
+   * the kernel's page cache. Without the native addon this does nothing (and says so once).
+   */
+  releaseMap (): void {
+    if (this.mapReleaseUnavailable) return
+    try {
+      const released = releaseFileMappings(path.join(this.dir, DATA_FILE))
+      debug('released %d bytes of map', released)
+    } catch (err) {
+      this.mapReleaseUnavailable = true
+      debug('cannot release the store map: %s', (err as Error).message)
+    }
   }
 
   /** Waits until every committed transaction is flushed to disk. */
