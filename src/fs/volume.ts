@@ -201,14 +201,7 @@ export class LiveVolume {
     const inode = this.lookup(parent, name)
     if (!isDir(inode.mode)) fail('ENOTDIR', name)
     if (this.entries(inode.ino).size > 0) fail('ENOTEMPTY', name)
-    const now = Date.now()
-    this.removeEntry(parent, name, now)
-    const dir = this.inode(parent)
-    dir.nlink--
-    this.dirtyInode(dir, now)
-    inode.nlink = 0
-    this.dirs.delete(inode.ino)
-    this.release(inode, now)
+    this.removeEmptyDir(parent, name, inode, Date.now())
   }
 
   /** rename(2) without flags: atomic, replacing a compatible target. */
@@ -228,13 +221,7 @@ export class LiveVolume {
       if (!movingDir && isDir(target.mode)) fail('EISDIR', newName)
       if (isDir(target.mode)) {
         if (this.entries(target.ino).size > 0) fail('ENOTEMPTY', newName)
-        this.removeEntry(newParent, newName, now)
-        const parentDir = this.inode(newParent)
-        parentDir.nlink--
-        this.dirtyInode(parentDir, now)
-        target.nlink = 0
-        this.dirs.delete(target.ino)
-        this.release(target, now)
+        this.removeEmptyDir(newParent, newName, target, now)
       } else {
         this.removeEntry(newParent, newName, now)
         this.dropLink(target, now)
@@ -475,6 +462,17 @@ export class LiveVolume {
     dir.mtime = now
     dir.ctime = now
     this.dirtyInode(dir, now)
+  }
+
+  /** Removes the entry of an empty directory and the directory itself. */
+  private removeEmptyDir (parent: number, name: string, dir: Inode, now: number): void {
+    this.removeEntry(parent, name, now)
+    const parentDir = this.inode(parent)
+    parentDir.nlink--
+    this.dirtyInode(parentDir, now)
+    dir.nlink = 0
+    this.dirs.delete(dir.ino)
+    this.release(dir, now)
   }
 
   private dropLink (inode: Inode, now: number): void {

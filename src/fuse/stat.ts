@@ -5,20 +5,8 @@ import fs from 'node:fs'
 import type { Attr } from '../fs/inode.js'
 
 /** The stat object fuse-native packs for libfuse (times in ms, as the binding carries them). */
-export interface FuseStat {
-  mode: number
-  uid: number
-  gid: number
-  size: number
+export interface FuseStat extends Attr {
   dev: number
-  nlink: number
-  ino: number
-  rdev: number
-  blksize: number
-  blocks: number
-  atime: number
-  mtime: number
-  ctime: number
 }
 
 export function toFuseStat (attr: Attr): FuseStat {
