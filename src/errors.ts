@@ -49,13 +49,20 @@ export const Errno = {
 
 export type ErrnoName = keyof typeof Errno
 
-/** An error with a POSIX errno, raised by the core and mapped by the adapters. */
+/**
+ * An error with a POSIX errno, raised by the core and mapped by the adapters. It carries no
+ * stack trace: ENOENT from a lookup is an ordinary answer, raised thousands of times a second,
+ * and capturing a stack each time would cost more than the lookup.
+ */
 export class FsError extends Error {
   readonly code: ErrnoName
   readonly errno: number
 
   constructor (code: ErrnoName, message?: string) {
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
     super(message ?? code)
+    Error.stackTraceLimit = limit
     this.code = code
     this.errno = Errno[code]
   }

@@ -133,15 +133,19 @@ export class PageCache {
   }
 
   /**
-   * The page for writing. `fill` says what a page not resident starts as: 'stored' reads the
-   * block, 'zeros' skips the read (the page lies past the end of the file), 'none' leaves it
-   * uninitialised because the caller overwrites all of it.
+   * The page for writing bytes `from` to `to` of it. `fill` says what the rest of a page not
+   * resident starts as: 'stored' reads the block, 'zeros' skips the read (the page lies past the
+   * end of the file). The bytes from `from` to `to` are left for the caller to overwrite.
    */
-  write (ino: number, index: number, fill: 'stored' | 'zeros' | 'none'): Page {
+  write (ino: number, index: number, fill: 'stored' | 'zeros', from: number, to: number): Page {
     const page = this.peek(ino, index)
     if (page !== undefined) return page
     const data = this.allocate()
-    if (fill === 'zeros' || (fill === 'stored' && !this.source.read(ino, index, data))) data.fill(0)
+    if (from === 0 && to === this.pageSize) return this.insert(ino, index, data)
+    if (fill === 'zeros' || !this.source.read(ino, index, data)) {
+      data.fill(0, 0, from)
+      data.fill(0, to)
+    }
     return this.insert(ino, index, data)
   }
 

@@ -352,8 +352,7 @@ export class LiveVolume {
       const index = Math.floor(pos / bs)
       const within = pos - index * bs
       const count = Math.min(bs - within, end - pos)
-      const fill = count === bs ? 'none' : index * bs >= inode.size ? 'zeros' : 'stored'
-      const page = this.cache.write(ino, index, fill)
+      const page = this.cache.write(ino, index, index * bs >= inode.size ? 'zeros' : 'stored', within, within + count)
       data.copy(page.data, within, pos - offset, pos - offset + count)
       this.cache.markDirty(page, now)
       pos += count
@@ -511,7 +510,7 @@ export class LiveVolume {
       this.changes.truncate(inode.ino, keep, now)
       const within = size % bs
       if (within !== 0) {
-        const page = this.cache.write(inode.ino, keep - 1, 'stored')
+        const page = this.cache.write(inode.ino, keep - 1, 'stored', within, bs)
         page.data.fill(0, within)
         this.cache.markDirty(page, now)
       }

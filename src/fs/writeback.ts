@@ -18,11 +18,13 @@ import type { Page } from '../cache/pagecache.js'
 const debug = createDebug('snapfs:writeback')
 
 /**
- * Commits with at most this many dirty pages run as a synchronous transaction: for a close or an
- * fsync after a small change, the hand-offs to and from LMDB's writer thread cost more than the
- * commit. Larger ones run on the writer thread so the data copy overlaps with new requests.
+ * Commits with at most this many dirty pages and changed inodes run as a synchronous
+ * transaction: for a close or an fsync after a small change, the hand-offs to and from LMDB's
+ * writer thread cost more than the commit. Larger ones run on the writer thread, so that its
+ * disk sync does not hold up the requests that arrive meanwhile.
  */
 const SYNC_COMMIT_PAGES = 16
+const SYNC_COMMIT_INODES = 64
 
 /**
  * Data one commit carries at most, in bytes: it bounds the memory LMDB's write transaction
@@ -137,7 +139,9 @@ export class Writeback {
       applyChanges(volume, changes, pages)
     }
     try {
-      if (volume.cache.dirtyPages <= SYNC_COMMIT_PAGES) volume.store.root.transactionSync(apply)
+      const small = volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
+        volume.changes.inodes.size + volume.changes.removed.size <= SYNC_COMMIT_INODES
+      if (small) volume.store.root.transactionSync(apply)
       else await volume.store.root.transaction(apply)
     } catch (err) {
       this.failed(seq, taken, err as Error)

@@ -9,7 +9,7 @@ import createDebug from 'debug'
 import { toNegativeErrno, FsError } from '../errors.js'
 import type { LiveVolume, Owner } from '../fs/volume.js'
 import { PathTable, isHiddenName } from './paths.js'
-import { statfsOf, toFuseStat } from './stat.js'
+import { statfsOf } from './stat.js'
 
 const debug = createDebug('snapfs:fuse')
 
@@ -81,8 +81,8 @@ export function liveOps (volume: LiveVolume, owner: Owner): Record<string, Op> {
     init: (cb: Cb) => cb(0),
     access: (path: string, _mode: number, cb: Cb) => sync('access', cb, () => { paths.resolve(path) }),
     statfs: (_path: string, cb: Cb) => sync('statfs', cb, () => statfsOf(volume.store.dir, volume.inodeCount())),
-    getattr: (path: string, cb: Cb) => sync('getattr', cb, () => toFuseStat(volume.getattr(paths.resolve(path)))),
-    fgetattr: (path: string, fh: number, cb: Cb) => sync('fgetattr', cb, () => toFuseStat(volume.getattr(inoOf(path, fh)))),
+    getattr: (path: string, cb: Cb) => sync('getattr', cb, () => volume.getattr(paths.resolve(path))),
+    fgetattr: (path: string, fh: number, cb: Cb) => sync('fgetattr', cb, () => volume.getattr(inoOf(path, fh))),
     readlink: (path: string, cb: Cb) => sync('readlink', cb, () => volume.readlink(paths.resolve(path))),
     chmod: (path: string, mode: number, cb: Cb) => sync('chmod', cb, () => { volume.setattr(paths.resolve(path), { mode }) }),
     chown: (path: string, uid: number, gid: number, cb: Cb) => sync('chown', cb, () => { volume.setattr(paths.resolve(path), { uid, gid }) }),

@@ -1,17 +1,8 @@
 /**
- * Conversions between the core's attributes and fuse-native's stat and statfs objects.
+ * The statfs answer for fuse-native. (Attributes need no conversion: fuse-native packs the
+ * core's `Attr` as it is, with st_dev 0.)
  */
 import fs from 'node:fs'
-import type { Attr } from '../fs/inode.js'
-
-/** The stat object fuse-native packs for libfuse (times in ms, as the binding carries them). */
-export interface FuseStat extends Attr {
-  dev: number
-}
-
-export function toFuseStat (attr: Attr): FuseStat {
-  return { ...attr, dev: 0 }
-}
 
 /** The statfs fuse-native expects: 32-bit fields, so sizes are reported in `frsize` units. */
 export function statfsOf (storeDir: string, filesUsed: number): Record<string, number> {
