@@ -48,19 +48,6 @@ export function answers (target: string): boolean {
   }
 }
 
-/** The snapfs mount that holds `dir` (the deepest fuse.snapfs mount above it). */
-export function snapfsMountHolding (dir: string): MountEntry | undefined {
-  const abs = absoluteMountpoint(dir)
-  let best: MountEntry | undefined
-  for (const entry of listMounts()) {
-    if (entry.type !== 'fuse.snapfs') continue
-    if (abs === entry.target || abs.startsWith(entry.target === '/' ? '/' : entry.target + '/')) {
-      if (best === undefined || entry.target.length >= best.target.length) best = entry
-    }
-  }
-  return best
-}
-
 /** Unmounts a FUSE mount; `lazy` detaches it even while busy. Throws with fusermount's message. */
 export async function fuseUnmount (target: string, lazy: boolean): Promise<void> {
   try {

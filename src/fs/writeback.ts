@@ -42,8 +42,6 @@ export class Writeback {
   private queued: Promise<void> | null = null
   private seq = 0
   private timer: NodeJS.Timeout | null = null
-  /** The last commit error, reported once by the next fsync or flush that waits. */
-  lastError: Error | null = null
 
   /** Pages one commit carries at most. */
   private readonly commitPages: number
@@ -77,7 +75,7 @@ export class Writeback {
     if (this.running === null && cache.dirtyPages >= threshold) this.start()
   }
 
-  /** Starts a commit without waiting for it (errors are kept for the next waiter). */
+  /** Starts a commit without waiting for it; a failure leaves the changes for the next commit. */
   start (): void {
     this.commit().catch(() => {})
   }
@@ -160,7 +158,6 @@ export class Writeback {
   private failed (seq: number, taken: { changes: ChangeSet, pages: Page[] } | null, err: Error): void {
     const volume = this.volume
     volume.truncationsInFlight.delete(seq)
-    this.lastError = err
     debug('commit %d failed: %s', seq, err.message)
     if (taken === null) return
     const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }

@@ -37,9 +37,6 @@ export const enum Table {
 /** Longest file name, in bytes (POSIX NAME_MAX on Linux). */
 export const NAME_MAX = 255
 
-/** Largest inode number and block index the keys hold exactly (JS numbers are exact to 2^53). */
-export const MAX_SAFE = Number.MAX_SAFE_INTEGER
-
 function u64 (buf: Buffer, offset: number, value: number): void {
   buf.writeUInt32BE(Math.floor(value / 0x100000000), offset)
   buf.writeUInt32BE(value >>> 0, offset + 4)
@@ -81,11 +78,6 @@ export function bmapKey (vol: number, ino: number, index: number): Buffer {
   u64(key, 4, ino)
   u64(key, 12, index)
   return key
-}
-
-/** The block index of a bmap key. */
-export function indexOfBmapKey (key: Buffer): number {
-  return readU64(key, 12)
 }
 
 /** The range of keys that start with `prefix`, for getRange({ start, end }). */
