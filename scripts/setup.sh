@@ -8,8 +8,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # fuse3 provides fusermount (Debian's fuse3 replaces the old fuse package); libfuse2 provides
 # libfuse.so.2, which fuse-native's prebuilt addon links; libfuse3-dev, pkg-config,
-# build-essential and python3 let node-gyp build native addons; attr gives the tests setfattr.
-packages=(fuse3 libfuse2 libfuse3-dev pkg-config build-essential python3 attr)
+# build-essential and python3 let node-gyp build native addons; attr (setfattr) and e2fsprogs
+# (mkfs.ext4, for the full-disk test) serve the tests.
+packages=(fuse3 libfuse2 libfuse3-dev pkg-config build-essential python3 attr e2fsprogs)
 
 step() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

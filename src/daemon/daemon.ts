@@ -41,6 +41,11 @@ function log (message: string): void {
 
 /** Mounts and serves until unmounted; resolves with the exit code. */
 export async function runDaemon (options: DaemonOptions): Promise<number> {
+  // lmdb-js rejects internal promises nobody awaits when a commit fails (a full disk); the failure
+  // already reached the operation that waited for the commit, so it must not also end the daemon.
+  process.on('unhandledRejection', reason => {
+    log(`unhandled rejection: ${reason instanceof Error ? reason.stack ?? reason.message : String(reason)}`)
+  })
   const mountpoint = options.mountpoint
   prepareMountpoint(mountpoint)
   const store = Store.open(options.store)

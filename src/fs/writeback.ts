@@ -6,8 +6,7 @@
  *
  * Triggers: fsync and flush/close (they wait), the dirty-age timer, the page cache filling up,
  * unmount and (later) snapshot creation. `commit()` resolves once a commit that started after the
- * call is visible in the store file (`committed`); durability (`flushed`) is the caller's await of
- * the store's flush.
+ * call is visible in the store file (`committed`); durability is the caller's `store.flushed()`.
  */
 import createDebug from 'debug'
 import { applyChanges } from './commit.js'
@@ -140,10 +139,14 @@ export class Writeback {
       const small = volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
         volume.changes.inodes.size + volume.changes.removed.size <= SYNC_COMMIT_INODES
       if (small) volume.store.root.transactionSync(apply)
-      else await volume.store.root.transaction(apply)
+      else {
+        volume.store.unflushed = true
+        await volume.store.root.transaction(apply)
+      }
     } catch (err) {
-      this.failed(seq, taken, err as Error)
-      throw err
+      const error = volume.store.commitFailure(err)
+      this.failed(seq, taken, error)
+      throw error
     }
     volume.truncationsInFlight.delete(seq)
     if (taken === null) return

@@ -4,15 +4,20 @@
  * and hands out the databases; it knows nothing of paths, FUSE or the page cache.
  *
  * Durability: LMDB transactions are the only way state changes on disk. A write is `committed`
- * once its transaction is visible in the store file, and `flushed` once the OS has confirmed it is
- * on disk (lmdb-js `flushed`, with overlapping sync). Stores are safe to share between processes;
- * one process must open a store only once (LMDB refuses a second environment in one process).
+ * once its transaction is visible in the store file, and `flushed` once it is on disk. A
+ * synchronous transaction is flushed when it returns (LMDB syncs before it writes the meta page);
+ * one on lmdb-js's writer thread is committed first and flushed a moment later by that thread.
+ * `flushed()` makes sure of the latter with a small synchronous transaction, which cannot finish
+ * before the writer thread's sync: lmdb-js's own `flushed` promise never settles again once a
+ * commit has failed (a full disk), so it is not used. Stores are safe to share between
+ * processes; one process must open a store only once (LMDB refuses a second environment in one
+ * process).
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import createDebug from 'debug'
-import { UserError } from '../errors.js'
+import { FsError, UserError } from '../errors.js'
 import { ROOT_INO, type FormatRecord, type InodeRecord, type VolumeRecord } from './records.js'
 import { inodeKey } from './keys.js'
 import { releaseFileMappings } from '../native.js'
@@ -24,6 +29,9 @@ export const FORMAT_VERSION = 1
 
 /** Default data block size: a 64 KiB value costs 17 LMDB pages (6 % overhead, DESIGN.md). */
 export const DEFAULT_BLOCK_SIZE = 64 * 1024
+
+/** Free space on the store's disk below which a failed commit is reported as ENOSPC. */
+const LOW_SPACE_BYTES = 64 * 1024 * 1024
 
 /** Block ids reserved at a time (see Store.blockCeiling). */
 export const BLOCK_RESERVE = 4096
@@ -181,13 +189,32 @@ export class Store {
     }
   }
 
-  /** Waits until every committed transaction is flushed to disk. */
-  async flushed (): Promise<void> {
-    await this.root.flushed
+  /**
+   * The error to report for a failed commit: ENOSPC when the store's disk is (nearly) full, which
+   * LMDB reports only as an I/O error, else EIO. The store is unchanged by a failed commit.
+   */
+  commitFailure (err: unknown): FsError {
+    // lmdb-js also rejects a second promise with the cause; it is reported here, not left unhandled.
+    const cause = (err as { commitError?: Promise<unknown> } | null)?.commitError
+    if (cause !== undefined) cause.catch(() => {})
+    const disk = fs.statfsSync(this.dir)
+    const message = err instanceof Error ? err.message : String(err)
+    if (disk.bavail * disk.bsize < LOW_SPACE_BYTES) return new FsError('ENOSPC', `the disk of ${this.dir} is full (${message})`)
+    return new FsError('EIO', `commit to ${this.dir} failed: ${message}`)
+  }
+
+  /** Set when a transaction committed on lmdb-js's writer thread may not be flushed yet. */
+  unflushed = false
+
+  /** Returns once every committed transaction is flushed to disk (see the top of the file). */
+  flushed (): void {
+    if (!this.unflushed) return
+    this.unflushed = false
+    this.root.transactionSync(() => { this.meta.putSync('flushed', Date.now()) })
   }
 
   async close (): Promise<void> {
-    await this.root.flushed
+    this.flushed()
     await this.root.close()
     debug('closed %s', this.dir)
   }
