@@ -5,14 +5,23 @@
  * inode records, orphans and the volume's counters. All of it commits together or not at all.
  */
 import { VersionWriter } from '../store/versions.js'
-import { recordOf } from './inode.js'
+import { recordOf, type Inode } from './inode.js'
 import type { ChangeSet } from './changes.js'
 import type { Page } from '../cache/pagecache.js'
 import type { LiveVolume } from './volume.js'
 
-export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Page[]): void {
+/**
+ * Applies `changes` and `pages`. Sector counts of inodes change in memory as blocks are stored or
+ * dropped; each change is also added to `sectors` (per inode) so a failed commit can undo them.
+ */
+export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Page[], sectors: Map<number, number>): void {
   const writer = new VersionWriter(volume.store, volume.record)
   const bs = volume.blockSize
+  const account = (inode: Inode, delta: number): void => {
+    if (delta === 0) return
+    inode.blocks += delta
+    sectors.set(inode.ino, (sectors.get(inode.ino) ?? 0) + delta)
+  }
   for (const ino of changes.removed) {
     writer.removeBlocksFrom(ino, 0)
     writer.removeXattrsOf(ino)
@@ -21,9 +30,9 @@ export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Pag
   for (const [ino, from] of changes.truncations) {
     if (changes.removed.has(ino)) continue
     const inode = volume.loaded(ino)
-    const sectors = writer.removeBlocksFrom(ino, from)
+    const delta = writer.removeBlocksFrom(ino, from)
     if (inode !== undefined) {
-      inode.blocks += sectors
+      account(inode, delta)
       changes.inodes.add(ino)
     }
   }
@@ -33,10 +42,9 @@ export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Pag
     const start = page.index * bs
     const length = Math.min(bs, Math.max(0, inode.size - start))
     const data = page.data.subarray(0, length)
-    const sectors = length === 0 || isZero(data)
+    account(inode, length === 0 || isZero(data)
       ? writer.removeBlock(page.ino, page.index)
-      : writer.putBlock(page.ino, page.index, data)
-    inode.blocks += sectors
+      : writer.putBlock(page.ino, page.index, data))
     changes.inodes.add(page.ino)
   }
   for (const [parent, names] of changes.dirents) {

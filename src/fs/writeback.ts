@@ -127,13 +127,15 @@ export class Writeback {
     const volume = this.volume
     let taken: { changes: ChangeSet, pages: Page[] } | null = null
     const started = Date.now()
+    const blocks = { next: volume.store.nextBlock, ceiling: volume.store.blockCeiling }
+    const sectors = new Map<number, number>()
     const apply = (): void => {
       const changes = volume.changes
       volume.changes = new ChangeSet()
       const pages = volume.cache.takeDirty(seq, this.commitPages)
       taken = { changes, pages }
       volume.truncationsInFlight.set(seq, changes.truncations)
-      applyChanges(volume, changes, pages)
+      applyChanges(volume, changes, pages, sectors)
     }
     try {
       const small = volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
@@ -144,6 +146,14 @@ export class Writeback {
         await volume.store.root.transaction(apply)
       }
     } catch (err) {
+      // The block ids this commit handed out, the reservation it would have saved and the sector
+      // counts it changed are void: the store is as it was.
+      volume.store.nextBlock = blocks.next
+      volume.store.blockCeiling = blocks.ceiling
+      for (const [ino, delta] of sectors) {
+        const inode = volume.loaded(ino)
+        if (inode !== undefined) inode.blocks -= delta
+      }
       const error = volume.store.commitFailure(err)
       this.failed(seq, taken, error)
       throw error
