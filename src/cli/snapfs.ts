@@ -15,6 +15,7 @@ import { runDaemon } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
+import { inodeKey, prefixRange } from '../store/keys.js'
 import { syncMount } from '../native.js'
 import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
 
@@ -101,7 +102,10 @@ program.command('info')
   .option('--json', 'machine-readable output')
   .action(async (storeArg: string | undefined, opts: { json?: boolean }) => runAction('snapfs', async () => {
     const store = Store.open(storeArg ?? defaultStore())
-    const volumes = [...store.volumes.getRange()].map(({ value }) => value)
+    const volumes = [...store.volumes.getRange()].map(({ value }) => ({
+      ...value,
+      inodes: store.inodes.getKeysCount(prefixRange(inodeKey(value.id, 0).subarray(0, 4)))
+    }))
     const size = fs.statSync(path.join(store.dir, 'data.mdb')).size
     const info = { store: store.dir, format: store.format.version, blockSize: store.blockSize, fileBytes: size, volumes }
     await store.close()
@@ -111,7 +115,7 @@ program.command('info')
     }
     process.stdout.write(`store       ${info.store}\nformat      v${info.format}\nblock size  ${formatBytes(info.blockSize)}\nstore file  ${formatBytes(size)}\n`)
     for (const volume of volumes) {
-      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.nextIno - 1} inodes allocated)\n`)
+      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes)\n`)
     }
   }))
 

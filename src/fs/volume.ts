@@ -75,6 +75,8 @@ export class LiveVolume {
    * below it may be in use, so a restart continues from the ceiling.
    */
   private nextIno: number
+  /** Inodes that exist: counted from the store at start, then kept up to date. */
+  private liveInodes: number
 
   constructor (store: Store, record: VolumeRecord, options: VolumeOptions) {
     this.store = store
@@ -86,6 +88,7 @@ export class LiveVolume {
     })
     this.writeback = new Writeback(this, options.dirtyAgeMs)
     this.nextIno = record.nextIno
+    this.liveInodes = store.inodes.getKeysCount(prefixRange(inodeKey(record.id, 0).subarray(0, 4)))
   }
 
   /** Deletes inodes left unlinked-but-open by a daemon that died; call once after opening. */
@@ -94,6 +97,7 @@ export class LiveVolume {
     for (const key of orphans) {
       const ino = (key as Buffer).readUInt32BE(4) * 0x100000000 + (key as Buffer).readUInt32BE(8)
       this.inode(ino)
+      this.liveInodes--
       this.changes.removed.add(ino)
       this.changes.orphans.set(ino, false)
       this.changes.touch(Date.now())
@@ -381,9 +385,9 @@ export class LiveVolume {
     this.store.flushed()
   }
 
-  /** Inode numbers handed out so far (statfs reports it as files in use). */
+  /** Inodes in the volume (statfs reports it as files in use). */
   inodeCount (): number {
-    return this.nextIno - 1
+    return this.liveInodes
   }
 
   /** Whether nothing is waiting in memory for a commit. */
@@ -436,6 +440,7 @@ export class LiveVolume {
       dir.nlink++
     }
     this.inodes.set(ino, inode)
+    this.liveInodes++
     this.dirtyInode(inode, now)
     this.addEntry(parent, name, inode, now)
     return inode
@@ -489,6 +494,7 @@ export class LiveVolume {
       return
     }
     this.cache.dropFrom(inode.ino, 0)
+    if (!this.changes.removed.has(inode.ino)) this.liveInodes--
     this.changes.removed.add(inode.ino)
     this.changes.inodes.delete(inode.ino)
     this.changes.truncations.delete(inode.ino)
