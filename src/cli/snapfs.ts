@@ -15,7 +15,7 @@ import { runDaemon } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
-import { inodeKey, prefixRange } from '../store/keys.js'
+import { prefixRange, volumePrefix } from '../store/keys.js'
 import { syncMount } from '../native.js'
 import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
 
@@ -104,7 +104,7 @@ program.command('info')
     const store = Store.open(storeArg ?? defaultStore())
     const volumes = [...store.volumes.getRange()].map(({ value }) => ({
       ...value,
-      inodes: store.inodes.getKeysCount(prefixRange(inodeKey(value.id, 0).subarray(0, 4)))
+      inodes: store.inodes.getKeysCount(prefixRange(volumePrefix(value.id)))
     }))
     const size = fs.statSync(path.join(store.dir, 'data.mdb')).size
     const info = { store: store.dir, format: store.format.version, blockSize: store.blockSize, fileBytes: size, volumes }

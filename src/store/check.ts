@@ -9,7 +9,7 @@
  * what the block maps (heads and history) hold, that no block is unreferenced, that every history
  * version is in the dead list, and that the id counters are past every id in use.
  */
-import { Table, decodeBmap, decodeCount, sectorsOf } from './keys.js'
+import { Table, deadKey, decodeBlockKey, decodeBmap, decodeCount, decodeHistoryKey, decodeInodeKey, indexOfBmapKey, nameOfKey, sectorsOf } from './keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type HistoryRecord } from './records.js'
 import type { Store } from './store.js'
 
@@ -23,10 +23,6 @@ export interface CheckReport {
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 
-function u64 (buf: Buffer, offset: number): number {
-  return buf.readUInt32BE(offset) * 0x100000000 + buf.readUInt32BE(offset + 4)
-}
-
 export function checkStore (store: Store): CheckReport {
   const problems: string[] = []
   const report: CheckReport = { problems, inodes: 0, dirents: 0, blocks: 0 }
@@ -39,8 +35,7 @@ export function checkStore (store: Store): CheckReport {
 
   const inodes = new Map<string, InodeRecord>()
   for (const { key, value } of store.inodes.getRange()) {
-    const vol = key.readUInt32BE(0)
-    const ino = u64(key, 4)
+    const { vol, ino } = decodeInodeKey(key)
     inodes.set(`${vol}:${ino}`, value)
     report.inodes++
     const volume = volumes.get(vol)
@@ -54,9 +49,8 @@ export function checkStore (store: Store): CheckReport {
   const links = new Map<string, number>()
   for (const { key, value } of store.dirents.getRange()) {
     report.dirents++
-    const vol = key.readUInt32BE(0)
-    const parent = u64(key, 4)
-    const name = key.subarray(12).toString('utf8')
+    const { vol, ino: parent } = decodeInodeKey(key)
+    const name = nameOfKey(key).toString('utf8')
     const entry = value as DirentRecord
     const target = inodes.get(`${vol}:${entry.ino}`)
     const where = `entry "${name}" in directory ${parent} of volume ${vol}`
@@ -71,7 +65,10 @@ export function checkStore (store: Store): CheckReport {
   }
 
   const orphans = new Set<string>()
-  for (const key of store.orphans.getKeys()) orphans.add(`${(key as Buffer).readUInt32BE(0)}:${u64(key as Buffer, 4)}`)
+  for (const key of store.orphans.getKeys()) {
+    const { vol, ino } = decodeInodeKey(key as Buffer)
+    orphans.add(`${vol}:${ino}`)
+  }
 
   for (const [id, inode] of inodes) {
     const [, ino] = id.split(':').map(Number)
@@ -83,9 +80,8 @@ export function checkStore (store: Store): CheckReport {
 
   const sectors = new Map<string, number>()
   for (const { key, value } of store.bmap.getRange()) {
-    const vol = key.readUInt32BE(0)
-    const ino = u64(key, 4)
-    const index = u64(key, 12)
+    const { vol, ino } = decodeInodeKey(key)
+    const index = indexOfBmapKey(key)
     const map = decodeBmap(value)
     const id = `${vol}:${ino}`
     const inode = inodes.get(id)
@@ -100,24 +96,16 @@ export function checkStore (store: Store): CheckReport {
   }
 
   for (const { key, value } of store.history.getRange()) {
-    const table = key[0]
+    const { table, headKey, birth } = decodeHistoryKey(key)
     const record = value as HistoryRecord
     if (table === Table.Bmap) refer(decodeBmap(record.v).block)
-    const headKey = key.subarray(1, key.length - 4)
-    const birth = key.readUInt32BE(key.length - 4)
-    const vol = headKey.readUInt32BE(0)
-    const dead = Buffer.allocUnsafe(9 + headKey.length + 4)
-    dead.writeUInt32BE(vol, 0)
-    dead.writeUInt32BE(record.d, 4)
-    dead[8] = table
-    headKey.copy(dead, 9)
-    dead.writeUInt32BE(birth, 9 + headKey.length)
-    if (store.deadlist.get(dead) === undefined) problems.push(`history version (table ${table}, birth ${birth}) is missing from the dead list`)
+    const { vol } = decodeInodeKey(headKey)
+    if (store.deadlist.get(deadKey(vol, record.d, table, headKey, birth)) === undefined) problems.push(`history version (table ${table}, birth ${birth}) is missing from the dead list`)
   }
 
   let maxBlock = 0
   for (const key of store.blocks.getKeys()) {
-    const block = u64(key as Buffer, 0)
+    const block = decodeBlockKey(key as Buffer)
     report.blocks++
     maxBlock = Math.max(maxBlock, block)
     const extra = store.refs.get(key as Buffer)

@@ -46,6 +46,33 @@ function readU64 (buf: Buffer, offset: number): number {
   return buf.readUInt32BE(offset) * 0x100000000 + buf.readUInt32BE(offset + 4)
 }
 
+/** vol u32: the prefix of every record of a volume in inodes, dirents, xattrs, bmap, orphans. */
+export function volumePrefix (vol: number): Buffer {
+  const key = Buffer.allocUnsafe(4)
+  key.writeUInt32BE(vol, 0)
+  return key
+}
+
+/** The volume and inode of a key that starts with vol u32, ino u64 (inodes, dirents, xattrs, bmap, orphans). */
+export function decodeInodeKey (key: Buffer): { vol: number, ino: number } {
+  return { vol: key.readUInt32BE(0), ino: readU64(key, 4) }
+}
+
+/** The block index of a bmap key. */
+export function indexOfBmapKey (key: Buffer): number {
+  return readU64(key, 12)
+}
+
+/** The block id of a blocks or refs key. */
+export function decodeBlockKey (key: Buffer): number {
+  return readU64(key, 0)
+}
+
+/** The table, head key and birth of a history key. */
+export function decodeHistoryKey (key: Buffer): { table: Table, headKey: Buffer, birth: number } {
+  return { table: key[0] as Table, headKey: key.subarray(1, key.length - 4), birth: key.readUInt32BE(key.length - 4) }
+}
+
 /** vol u32, ino u64: an inode head, an orphan, or the prefix of an inode's dirents/xattrs/bmap. */
 export function inodeKey (vol: number, ino: number): Buffer {
   const key = Buffer.allocUnsafe(12)
