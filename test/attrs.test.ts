@@ -8,7 +8,7 @@
 import t from 'tap'
 import { chmod, chown, mkdir, readFile, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { mountFresh, run, type Mounted, type RunResult } from './helpers/mount.js'
+import { mountFresh, run, type Mounted, type RunResult, scratchDir } from './helpers/mount.js'
 
 t.setTimeout(5 * 60_000)
 
@@ -17,20 +17,13 @@ const NOBODY = 65534
 let m: Mounted
 t.before(async () => { m = await mountFresh(t) })
 
-async function scratch (name: string): Promise<string> {
-  const dir = join(m.mnt, name)
-  await mkdir(dir)
-  await chmod(dir, 0o755)
-  return dir
-}
-
 /** Whether an external command can be started at all. */
 async function installed (cmd: string): Promise<boolean> {
   return await run(cmd, ['--version']).then(() => true, () => false)
 }
 
 t.test('chmod sets every mode bit, including setuid and sticky', async t => {
-  const dir = await scratch('chmod')
+  const dir = await scratchDir(m, 'chmod')
   const file = join(dir, 'f')
   await writeFile(file, 'x')
   for (const mode of [0o640, 0o000, 0o4755, 0o2711, 0o777]) {
@@ -47,7 +40,7 @@ t.test('chmod sets every mode bit, including setuid and sticky', async t => {
 })
 
 t.test('chown sets the owner and group', async t => {
-  const dir = await scratch('chown')
+  const dir = await scratchDir(m, 'chown')
   const file = join(dir, 'f')
   await writeFile(file, 'x')
   await chown(file, 1234, 5678)
@@ -73,7 +66,7 @@ const msOf = async (path: string): Promise<[bigint, bigint]> => {
 }
 
 t.test('utimens sets times to the millisecond, also past 2038, and touch sets now', async t => {
-  const dir = await scratch('times')
+  const dir = await scratchDir(m, 'times')
   const file = join(dir, 'f')
   await writeFile(file, 'x')
   // Node converts through floating-point seconds: these fractions (.25, .5, .75) survive exactly.
@@ -94,7 +87,7 @@ t.test('utimens sets times to the millisecond, also past 2038, and touch sets no
 })
 
 t.test('utimens sets atime and mtime each on its own', { todo: UTIMENS_DEFECT }, async t => {
-  const dir = await scratch('times-apart')
+  const dir = await scratchDir(m, 'times-apart')
   const file = join(dir, 'f')
   await writeFile(file, 'x')
   await utimes(file, new Date(1_600_000_000_250), new Date(1_500_000_000_750))
@@ -110,7 +103,7 @@ const attrTools = (await installed('setfattr')) && (await installed('getfattr'))
 const noAttrTools = 'setfattr/getfattr not installed: the Debian package "attr" provides them'
 
 t.test('extended attributes are set, read, listed and removed', { skip: attrTools ? false : noAttrTools }, async t => {
-  const dir = await scratch('xattr')
+  const dir = await scratchDir(m, 'xattr')
   const file = join(dir, 'f')
   await writeFile(file, 'content')
   const ok = (r: RunResult, what: string): void => { t.equal(r.code, 0, `${what} ${r.stderr}`) }
@@ -167,7 +160,7 @@ t.test('the kernel enforces modes for other users: nobody cannot read 0600, can 
   const asNobody = (args: string[]): Promise<RunResult> =>
     run('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...args])
   t.equal((await stat(m.mnt)).mode & 0o777, 0o755, 'the root of a new file system is 0755')
-  const dir = await scratch('perm')
+  const dir = await scratchDir(m, 'perm')
   const secret = join(dir, 'secret')
   const open = join(dir, 'open')
   await writeFile(secret, 'root only')

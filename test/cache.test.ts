@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { open, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { mountFresh, type Mounted } from './helpers/mount.js'
+import { mountFresh, type Mounted, sha } from './helpers/mount.js'
 
 t.setTimeout(15 * 60_000)
 
@@ -23,8 +23,6 @@ const CACHE_BYTES = 64 * MiB
 // LMDB maps between two releases of its map. The baseline measured right after mount is printed.
 const OVERHEAD = 160 * MiB
 const PAGE = 4096
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 /**
  * Block i of the test data: one random MiB with i stamped at the start of every 4 KiB page, so

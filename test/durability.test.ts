@@ -7,12 +7,12 @@
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { errnoOf, freshStore, FSTYPE, mountFresh, mountsAt, pidsMentioning, run, snapfs } from './helpers/mount.js'
+import { errnoOf, freshStore, FSTYPE, mountFresh, mountsAt, pidsMentioning, run, snapfs, sha } from './helpers/mount.js'
 
 t.setTimeout(10 * 60_000)
 
@@ -20,8 +20,6 @@ const MiB = 1024 * 1024
 // The longest dirty age allowed, longer than each test: the timer does not write dirty pages
 // back, so only the step under test (close, fsync, umount, SIGTERM) can have persisted them.
 const HOLD_DIRTY = ['--dirty-age', '60s']
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 t.test('data closed and synced survives kill -9 of the daemon', async t => {
   const m = await mountFresh(t, HOLD_DIRTY)

@@ -5,18 +5,16 @@
  * good, and st_blocks counts the space really held (sparse files hold almost none).
  */
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { open, readFile, stat, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { mountFresh, run, type Mounted } from './helpers/mount.js'
+import { mountFresh, run, type Mounted, sha } from './helpers/mount.js'
 
 t.setTimeout(5 * 60_000)
 
 const KiB = 1024
 const MiB = 1024 * KiB
 const GiB = 1024 * MiB
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 /** Reads `length` bytes at `position` through a fresh descriptor. */
 async function readAt (file: string, position: number, length: number): Promise<Buffer> {

@@ -6,26 +6,18 @@
  * passes data.
  */
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { link, lstat, mkdir, open, readdir, readFile, readlink, rmdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errnoOf, mountFresh, run, type Mounted } from './helpers/mount.js'
+import { errnoOf, mountFresh, run, type Mounted, sha, scratchDir } from './helpers/mount.js'
 
 t.setTimeout(5 * 60_000)
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 let m: Mounted
 t.before(async () => { m = await mountFresh(t) })
 
-async function scratch (name: string): Promise<string> {
-  const dir = join(m.mnt, name)
-  await mkdir(dir)
-  return dir
-}
-
 t.test('an unlinked file stays readable and writable through its open descriptor', async t => {
-  const dir = await scratch('unlink-open')
+  const dir = await scratchDir(m, 'unlink-open')
   const file = join(dir, 'doomed')
   const data = randomBytes(400_000)
   await writeFile(file, data)
@@ -58,7 +50,7 @@ t.test('an unlinked file stays readable and writable through its open descriptor
 const HIDDEN_PATH_DEFECT = 'libfuse 2 loses the path of an open file whose directory was removed (native transport, issue 5)'
 
 t.test('a directory whose open file was unlinked can be removed', { todo: HIDDEN_PATH_DEFECT }, async t => {
-  const dir = await scratch('rmdir-open')
+  const dir = await scratchDir(m, 'rmdir-open')
   await writeFile(join(dir, 'held'), 'held open')
   const fh = await open(join(dir, 'held'), 'r')
   try {
@@ -74,7 +66,7 @@ t.test('a directory whose open file was unlinked can be removed', { todo: HIDDEN
 })
 
 t.test('hard links share one inode and its link count goes 1, 2, 1', async t => {
-  const dir = await scratch('hard')
+  const dir = await scratchDir(m, 'hard')
   const a = join(dir, 'a')
   const b = join(dir, 'b')
   await writeFile(a, 'first')
@@ -95,7 +87,7 @@ t.test('hard links share one inode and its link count goes 1, 2, 1', async t => 
 })
 
 t.test('find -samefile lists every hard link of a file and nothing else', async t => {
-  const dir = await scratch('samefile')
+  const dir = await scratchDir(m, 'samefile')
   await mkdir(join(dir, 'sub'))
   await writeFile(join(dir, 'orig'), 'same bytes')
   await link(join(dir, 'orig'), join(dir, 'sub', 'alias'))
@@ -107,7 +99,7 @@ t.test('find -samefile lists every hard link of a file and nothing else', async 
 })
 
 t.test('symbolic links keep their target text and resolve like paths', async t => {
-  const dir = await scratch('sym')
+  const dir = await scratchDir(m, 'sym')
   await writeFile(join(dir, 'target.txt'), 'pointed at')
   await mkdir(join(dir, 'tdir'))
   await writeFile(join(dir, 'tdir', 'inside'), 'in dir')
@@ -137,7 +129,7 @@ t.test('symbolic links keep their target text and resolve like paths', async t =
 })
 
 t.test('mkfifo makes a FIFO that passes data between processes', async t => {
-  const dir = await scratch('fifo')
+  const dir = await scratchDir(m, 'fifo')
   const fifo = join(dir, 'pipe')
   const made = await run('mkfifo', ['-m', '0644', fifo])
   t.equal(made.code, 0, `mkfifo succeeds ${made.stderr}`)

@@ -5,27 +5,18 @@
  * with the right errno (EINVAL, ENOTDIR, EISDIR, ENOTEMPTY) leaving both sides untouched.
  */
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { errnoOf, mountFresh, type Mounted } from './helpers/mount.js'
+import { errnoOf, mountFresh, type Mounted, sha, scratchDir } from './helpers/mount.js'
 
 t.setTimeout(5 * 60_000)
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 let m: Mounted
 t.before(async () => { m = await mountFresh(t) })
 
-/** A fresh directory for one test, so names never collide between tests. */
-async function scratch (name: string): Promise<string> {
-  const dir = join(m.mnt, name)
-  await mkdir(dir)
-  return dir
-}
-
 t.test('a renamed file keeps its content and inode; the old name is gone', async t => {
-  const dir = await scratch('file')
+  const dir = await scratchDir(m, 'file')
   const data = randomBytes(300_000)
   await writeFile(join(dir, 'a'), data)
   const ino = (await stat(join(dir, 'a'))).ino
@@ -37,7 +28,7 @@ t.test('a renamed file keeps its content and inode; the old name is gone', async
 })
 
 t.test('a renamed directory keeps its whole tree', async t => {
-  const dir = await scratch('dir')
+  const dir = await scratchDir(m, 'dir')
   await mkdir(join(dir, 'src', 'deep', 'er'), { recursive: true })
   const data = randomBytes(70_000)
   await writeFile(join(dir, 'src', 'deep', 'er', 'leaf'), data)
@@ -50,7 +41,7 @@ t.test('a renamed directory keeps its whole tree', async t => {
 })
 
 t.test('rename over an existing file replaces it and its old content is gone', async t => {
-  const dir = await scratch('over-file')
+  const dir = await scratchDir(m, 'over-file')
   const source = randomBytes(50_000)
   await writeFile(join(dir, 'src'), source)
   // The target is larger: none of its tail may survive under the new content.
@@ -65,7 +56,7 @@ t.test('rename over an existing file replaces it and its old content is gone', a
 })
 
 t.test('a file moved across directories keeps its content', async t => {
-  const dir = await scratch('across')
+  const dir = await scratchDir(m, 'across')
   await mkdir(join(dir, 'one'))
   await mkdir(join(dir, 'two', 'three'), { recursive: true })
   const data = randomBytes(200_000)
@@ -77,7 +68,7 @@ t.test('a file moved across directories keeps its content', async t => {
 })
 
 t.test('a directory moved across directories keeps its tree and fixes link counts', async t => {
-  const dir = await scratch('across-dir')
+  const dir = await scratchDir(m, 'across-dir')
   await mkdir(join(dir, 'from', 'moving', 'child'), { recursive: true })
   await mkdir(join(dir, 'to'))
   await writeFile(join(dir, 'from', 'moving', 'child', 'f'), 'deep')
@@ -88,7 +79,7 @@ t.test('a directory moved across directories keeps its tree and fixes link count
 })
 
 t.test('a directory replaces an empty directory', async t => {
-  const dir = await scratch('over-empty')
+  const dir = await scratchDir(m, 'over-empty')
   await mkdir(join(dir, 'src'))
   await writeFile(join(dir, 'src', 'f'), 'kept')
   await mkdir(join(dir, 'dst'))
@@ -98,14 +89,14 @@ t.test('a directory replaces an empty directory', async t => {
 })
 
 t.test('moving a directory into its own subdirectory fails with EINVAL', async t => {
-  const dir = await scratch('into-self')
+  const dir = await scratchDir(m, 'into-self')
   await mkdir(join(dir, 'parent', 'child'), { recursive: true })
   t.equal(await errnoOf(() => rename(join(dir, 'parent'), join(dir, 'parent', 'child', 'x'))), 'EINVAL', 'into a descendant')
   t.ok((await stat(join(dir, 'parent', 'child'))).isDirectory(), 'the tree is unchanged')
 })
 
 t.test('a directory over a file fails with ENOTDIR', async t => {
-  const dir = await scratch('dir-over-file')
+  const dir = await scratchDir(m, 'dir-over-file')
   await mkdir(join(dir, 'd'))
   await writeFile(join(dir, 'f'), 'file')
   t.equal(await errnoOf(() => rename(join(dir, 'd'), join(dir, 'f'))), 'ENOTDIR', 'dir over file')
@@ -114,7 +105,7 @@ t.test('a directory over a file fails with ENOTDIR', async t => {
 })
 
 t.test('a file over a directory fails with EISDIR', async t => {
-  const dir = await scratch('file-over-dir')
+  const dir = await scratchDir(m, 'file-over-dir')
   await mkdir(join(dir, 'd'))
   await writeFile(join(dir, 'f'), 'file')
   t.equal(await errnoOf(() => rename(join(dir, 'f'), join(dir, 'd'))), 'EISDIR', 'file over dir')
@@ -123,7 +114,7 @@ t.test('a file over a directory fails with EISDIR', async t => {
 })
 
 t.test('a directory over a non-empty directory fails with ENOTEMPTY', async t => {
-  const dir = await scratch('over-full')
+  const dir = await scratchDir(m, 'over-full')
   await mkdir(join(dir, 'src'))
   await writeFile(join(dir, 'src', 'a'), 'a')
   await mkdir(join(dir, 'dst'))

@@ -5,7 +5,7 @@
  * and finds the damage in a deliberately broken one (a lost block, a wrong link count).
  */
 import t from 'tap'
-import { mkdtemp, rm, writeFile, readdir, mkdir, readFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile, readdir, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { open } from 'lmdb'
 import { mountFresh, snapfs } from './helpers/mount.js'
@@ -91,7 +91,7 @@ t.test('check passes a store after real use, and finds a lost block and a wrong 
   const raw = openRaw(m.store)
   const blocks = raw.openDB({ name: 'blocks', keyEncoding: 'binary', encoding: 'binary' })
   const inodes = raw.openDB({ name: 'inodes', keyEncoding: 'binary', encoding: 'msgpack' })
-  const firstBlock = blocks.getKeys({ limit: 1 }).asArray[0] as Buffer
+  const firstBlock = [...blocks.getKeys({ limit: 1 })][0] as Buffer
   await blocks.remove(firstBlock)
   const [small] = [...inodes.getRange()].filter(({ value }) => (value as { size: number }).size === 5)
   await inodes.put(small.key as Buffer, { ...(small.value as object), nlink: 3 })
@@ -102,5 +102,4 @@ t.test('check passes a store after real use, and finds a lost block and a wrong 
   t.match(damaged.stdout, /problem: block \d+ is referenced but missing/)
   t.match(damaged.stdout, /problem: inode \d+ \(volume 1\) has nlink 3, but 1 links exist/)
   t.match(damaged.stdout, /^damaged:/m)
-  t.ok((await readFile(join(m.store, 'data.mdb'))).length > 0)
 })

@@ -6,6 +6,7 @@
  * mount is gone, the daemon has exited and the directory is removed.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises'
 import { constants as osConstants } from 'node:os'
@@ -344,4 +345,17 @@ export async function freshStore (t: Test): Promise<Store> {
 export async function mountFresh (t: Test, extraArgs: string[] = []): Promise<Mounted> {
   const site = await openSite(t)
   return new LiveMount(site, await startDaemon(site, extraArgs), extraArgs)
+}
+
+/** The SHA-256 of some bytes, in hex: what tests compare instead of printing megabytes. */
+export function sha (bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex')
+}
+
+/** A fresh directory `name` at the root of a mount (mode 0755), so tests sharing it never collide. */
+export async function scratchDir (m: Mounted, name: string): Promise<string> {
+  const dir = join(m.mnt, name)
+  await mkdir(dir, { mode: 0o755 })
+  await chmod(dir, 0o755)
+  return dir
 }
