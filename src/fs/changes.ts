@@ -11,6 +11,11 @@ export type DirentChange = Omit<DirentRecord, 'b'> | null
 export class ChangeSet {
   /** Inodes whose record must be written. */
   readonly inodes = new Set<number>()
+  /**
+   * Inodes whose only change is the access time of a read: written by the next commit like
+   * `inodes`, but a close does not wait for a commit for them.
+   */
+  readonly accessed = new Set<number>()
   /** Inodes to delete with their blocks and xattrs (last link gone, last handle closed). */
   readonly removed = new Set<number>()
   /** Per directory: name → new entry, or null for a removed entry. */
@@ -63,6 +68,7 @@ export class ChangeSet {
   /** Puts back the changes of a failed commit (`older`) wherever this newer set has none. */
   mergeOlder (older: ChangeSet): void {
     for (const ino of older.inodes) this.inodes.add(ino)
+    for (const ino of older.accessed) this.accessed.add(ino)
     for (const ino of older.removed) this.removed.add(ino)
     for (const [parent, names] of older.dirents) {
       for (const [name, change] of names) {

@@ -62,6 +62,7 @@ export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Pag
       else writer.putXattr(ino, key, value)
     }
   }
+  for (const ino of changes.accessed) changes.inodes.add(ino)
   for (const ino of changes.inodes) {
     const inode = volume.loaded(ino)
     if (inode !== undefined && !changes.removed.has(ino)) writer.putInode(ino, { b: 0, ...recordOf(inode) })

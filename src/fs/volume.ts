@@ -16,7 +16,7 @@
  */
 import createDebug from 'debug'
 import { fail } from '../errors.js'
-import { NAME_MAX, bmapKey, blockKey, decodeBmap, inodeKey, nameOfKey, prefixRange } from '../store/keys.js'
+import { NAME_MAX, bmapKey, blockKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, prefixRange, volumePrefix } from '../store/keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
 import { PageCache } from '../cache/pagecache.js'
@@ -88,14 +88,14 @@ export class LiveVolume {
     })
     this.writeback = new Writeback(this, options.dirtyAgeMs)
     this.nextIno = record.nextIno
-    this.liveInodes = store.inodes.getKeysCount(prefixRange(inodeKey(record.id, 0).subarray(0, 4)))
+    this.liveInodes = store.inodes.getKeysCount(prefixRange(volumePrefix(record.id)))
   }
 
   /** Deletes inodes left unlinked-but-open by a daemon that died; call once after opening. */
   async recoverOrphans (): Promise<number> {
-    const orphans = [...this.store.orphans.getKeys(prefixRange(inodeKey(this.record.id, 0).subarray(0, 4)))]
+    const orphans = [...this.store.orphans.getKeys(prefixRange(volumePrefix(this.record.id)))]
     for (const key of orphans) {
-      const ino = (key as Buffer).readUInt32BE(4) * 0x100000000 + (key as Buffer).readUInt32BE(8)
+      const { ino } = decodeInodeKey(key as Buffer)
       this.inode(ino)
       this.liveInodes--
       this.changes.removed.add(ino)
@@ -335,7 +335,8 @@ export class LiveVolume {
     const now = Date.now()
     if (inode.atime <= inode.mtime || inode.atime <= inode.ctime || now - inode.atime > RELATIME_MS) {
       inode.atime = now
-      this.dirtyInode(inode, now)
+      this.changes.accessed.add(ino)
+      this.changes.touch(now)
     }
     return end - offset
   }
@@ -497,6 +498,7 @@ export class LiveVolume {
     if (!this.changes.removed.has(inode.ino)) this.liveInodes--
     this.changes.removed.add(inode.ino)
     this.changes.inodes.delete(inode.ino)
+    this.changes.accessed.delete(inode.ino)
     this.changes.truncations.delete(inode.ino)
     this.changes.xattrs.delete(inode.ino)
     if (this.changes.orphans.get(inode.ino) === true) this.changes.orphans.delete(inode.ino)
