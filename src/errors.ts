@@ -29,6 +29,8 @@ export const Errno = {
   ERANGE: errnos.ERANGE,
   /** Write to a read-only view (a snapshot). */
   EROFS: errnos.EROFS,
+  /** A file of a snapshot that is being deleted, still open or still in the kernel's cache. */
+  ESTALE: errnos.ESTALE,
   /** The store's disk is full. */
   ENOSPC: errnos.ENOSPC,
   /** An unknown file handle. */

@@ -28,14 +28,14 @@ t.test('init makes a store that check passes and info describes', async t => {
   const store = join(dir, 'store.with.dots')
   const init = await snapfs(['init', store, '--block-size', '32K'])
   t.equal(init.code, 0, init.stderr)
-  t.match(init.stdout, /format v1, 32\.0 KiB blocks, volume main/)
+  t.match(init.stdout, /format v2, 32\.0 KiB blocks, volume main/)
   const check = await snapfs(['check', store])
   t.equal(check.code, 0, check.stdout + check.stderr)
   t.match(check.stdout, /^ok: 1 inodes/m)
   const info = await snapfs(['info', store, '--json'])
   t.equal(info.code, 0, info.stderr)
   const parsed = JSON.parse(info.stdout) as { format: number, blockSize: number, volumes: Array<{ name: string }> }
-  t.equal(parsed.format, 1)
+  t.equal(parsed.format, 2)
   t.equal(parsed.blockSize, 32 * 1024)
   t.same(parsed.volumes.map(v => v.name), ['main'])
   const again = await snapfs(['init', store])
@@ -74,7 +74,7 @@ t.test('a store of a newer format is refused, not opened', async t => {
   for (const args of [['check', store], ['info', store], ['mount', store, join(dir, 'mnt'), '--foreground']]) {
     const result = await snapfs(args)
     t.not(result.code, 0, `${args[0]} fails`)
-    t.match(result.stderr, /store format v99, newer than this snapfs \(reads up to v1\)/, `${args[0]} says why`)
+    t.match(result.stderr, /store format v99, newer than this snapfs \(reads up to v2\)/, `${args[0]} says why`)
   }
 })
 

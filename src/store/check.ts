@@ -7,10 +7,15 @@
  * excepted), block maps point to existing blocks within the file's size, and each inode's
  * allocated sectors equal its blocks; for the whole store, that each block's reference count is
  * what the block maps (heads and history) hold, that no block is unreferenced, that every history
- * version is in the dead list, and that the id counters are past every id in use.
+ * version is in the dead list, and that the id counters are past every id in use. Snapshots
+ * (versions.ts, snapshots.ts): the catalogue (unique names, generations behind the volume's, the
+ * latest one recorded), the version chains (per record, versions' lifetimes never overlap and
+ * every old version is seen by some snapshot), the dead list and births index against the
+ * versions they list, and the space accounting (used, written, held by snapshots, each
+ * snapshot's refer and written) against a full scan.
  */
-import { Table, deadKey, decodeBlockKey, decodeBmap, decodeCount, decodeHistoryKey, decodeInodeKey, indexOfBmapKey, nameOfKey, sectorsOf } from './keys.js'
-import { ROOT_INO, type DirentRecord, type InodeRecord, type HistoryRecord } from './records.js'
+import { Table, birthKey, deadKey, decodeBirthKey, decodeSnapshotKey, decodeBlockKey, decodeBmap, decodeCount, decodeDeadKey, decodeHistoryKey, decodeInodeKey, historyKey, indexOfBmapKey, nameOfKey, sectorsOf } from './keys.js'
+import { ROOT_INO, type DirentRecord, type InodeRecord, type HistoryRecord, type SnapshotRecord, type VolumeRecord } from './records.js'
 import type { Store } from './store.js'
 
 export interface CheckReport {
@@ -103,6 +108,8 @@ export function checkStore (store: Store): CheckReport {
     if (store.deadlist.get(deadKey(vol, record.d, table, headKey, birth)) === undefined) problems.push(`history version (table ${table}, birth ${birth}) is missing from the dead list`)
   }
 
+  checkVersions(store, problems)
+
   let maxBlock = 0
   for (const key of store.blocks.getKeys()) {
     const block = decodeBlockKey(key as Buffer)
@@ -118,4 +125,114 @@ export function checkStore (store: Store): CheckReport {
   for (const block of references.keys()) problems.push(`block ${block} is referenced but missing`)
   if (maxBlock >= store.nextBlock) problems.push(`block ${maxBlock} is past the block counter ${store.nextBlock}`)
   return report
+}
+
+/** A version of one record: born at `birth`, alive until `death` (Infinity for a head). */
+interface Version { birth: number, death: number, sectors: number }
+
+/** The snapshot catalogue, version chains, dead list, births index and space accounting. */
+function checkVersions (store: Store, problems: string[]): void {
+  const volumes = new Map<number, VolumeRecord>()
+  for (const { value } of store.volumes.getRange()) volumes.set(value.id, value)
+  const snapshots = new Map<number, SnapshotRecord[]>()
+  for (const { value, key } of store.snapshots.getRange()) {
+    const { vol } = decodeSnapshotKey(key)
+    const list = snapshots.get(vol) ?? []
+    list.push(value)
+    snapshots.set(vol, list)
+  }
+  for (const [vol, volume] of volumes) {
+    const list = snapshots.get(vol) ?? []
+    const names = new Set<string>()
+    for (const s of list) {
+      if (names.has(s.name)) problems.push(`volume ${volume.name} has two snapshots named "${s.name}"`)
+      names.add(s.name)
+      if (s.gen >= volume.gen) problems.push(`snapshot ${s.name} froze generation ${s.gen}, not behind the volume's ${volume.gen}`)
+    }
+    const latest = list.length === 0 ? 0 : list[list.length - 1].gen
+    if (volume.lastSnapGen !== latest) problems.push(`volume ${volume.name} records its latest snapshot at generation ${volume.lastSnapGen}, but it is ${latest}`)
+  }
+
+  // Every version of every record, by table and head key.
+  const chains = new Map<string, Version[]>()
+  const add = (table: Table, headKey: Buffer, version: Version): void => {
+    const id = `${table}:${headKey.toString('hex')}`
+    const chain = chains.get(id)
+    if (chain === undefined) chains.set(id, [version])
+    else chain.push(version)
+  }
+  const heads: Array<[Table, { getRange: () => Iterable<{ key: Buffer, value: any }> }]> =
+    [[Table.Inode, store.inodes], [Table.Dirent, store.dirents], [Table.Xattr, store.xattrs]]
+  for (const [table, db] of heads) {
+    for (const { key, value } of db.getRange()) add(table, key, { birth: (value as { b: number }).b, death: Infinity, sectors: 0 })
+  }
+  for (const { key, value } of store.bmap.getRange()) {
+    const map = decodeBmap(value)
+    add(Table.Bmap, key, { birth: map.birth, death: Infinity, sectors: sectorsOf(map.length) })
+  }
+  for (const { key, value } of store.history.getRange()) {
+    const { table, headKey, birth } = decodeHistoryKey(key)
+    const version = value as HistoryRecord
+    add(table, headKey, { birth, death: version.d, sectors: table === Table.Bmap ? sectorsOf(decodeBmap(version.v).length) : 0 })
+  }
+
+  const used = new Map<number, number>()
+  const written = new Map<number, number>()
+  const held = new Map<number, number>()
+  const refer = new Map<string, number>()
+  const wrote = new Map<string, number>()
+  const count = (map: Map<any, number>, key: unknown, bytes: number): void => { map.set(key, (map.get(key) ?? 0) + bytes) }
+  for (const [id, chain] of chains) {
+    const [table, hex] = id.split(':')
+    const headKey = Buffer.from(hex, 'hex')
+    const { vol } = decodeInodeKey(headKey)
+    const volume = volumes.get(vol)
+    if (volume === undefined) continue
+    const list = snapshots.get(vol) ?? []
+    const where = `record ${hex} (table ${table}) of volume ${volume.name}`
+    chain.sort((a, b) => a.birth - b.birth)
+    for (let i = 0; i < chain.length; i++) {
+      const v = chain[i]
+      if (v.birth < 1 || v.birth > volume.gen) problems.push(`${where}: a version born at ${v.birth}, outside generations 1..${volume.gen}`)
+      if (v.death <= v.birth || (v.death !== Infinity && v.death > volume.gen)) problems.push(`${where}: a version lives from ${v.birth} to ${v.death}`)
+      if (i + 1 < chain.length && v.death > chain[i + 1].birth) problems.push(`${where}: versions born at ${v.birth} and ${chain[i + 1].birth} overlap`)
+      if (store.births.get(birthKey(vol, v.birth, Number(table) as Table, headKey)) === undefined) problems.push(`${where}: the version born at ${v.birth} is missing from the births index`)
+      const seenBy = list.filter(s => s.gen >= v.birth && s.gen < v.death)
+      if (v.death !== Infinity && seenBy.length === 0) problems.push(`${where}: the version born at ${v.birth} is kept but no snapshot sees it (leaked)`)
+      if (Number(table) !== Table.Bmap) continue
+      const bytes = v.sectors * 512
+      if (v.death === Infinity) {
+        count(used, vol, bytes)
+        if (v.birth > volume.lastSnapGen) count(written, vol, bytes)
+      } else count(held, vol, bytes)
+      for (const s of seenBy) count(refer, `${vol}:${s.gen}`, bytes)
+      const first = list.find(s => s.gen >= v.birth)
+      if (first !== undefined && first.gen < v.death) count(wrote, `${vol}:${first.gen}`, bytes)
+    }
+  }
+  for (const [vol, volume] of volumes) {
+    const expect = (what: string, recorded: number, actual: number): void => {
+      if (recorded !== actual) problems.push(`volume ${volume.name} records ${recorded} bytes ${what}, but a scan finds ${actual}`)
+    }
+    expect('used', volume.used, used.get(vol) ?? 0)
+    expect('written since its latest snapshot', volume.written, written.get(vol) ?? 0)
+    expect('held by snapshots', volume.snapshotBytes, held.get(vol) ?? 0)
+    for (const s of snapshots.get(vol) ?? []) {
+      if (s.status !== 'ready') continue
+      const key = `${vol}:${s.gen}`
+      if (s.refer !== (refer.get(key) ?? 0)) problems.push(`snapshot ${s.name} records ${s.refer} bytes referenced, but a scan finds ${refer.get(key) ?? 0}`)
+      if (s.written !== (wrote.get(key) ?? 0)) problems.push(`snapshot ${s.name} records ${s.written} bytes written, but a scan finds ${wrote.get(key) ?? 0}`)
+    }
+  }
+
+  for (const key of store.deadlist.getKeys()) {
+    const { death, table, headKey, birth } = decodeDeadKey(key as Buffer)
+    const version = store.history.get(historyKey(table, headKey, birth)) as HistoryRecord | undefined
+    if (version === undefined || version.d !== death) problems.push(`dead-list entry (table ${table}, birth ${birth}, death ${death}) has no such history version`)
+  }
+  for (const key of store.births.getKeys()) {
+    const { vol, birth, table, headKey } = decodeBirthKey(key as Buffer)
+    const chain = chains.get(`${table}:${headKey.toString('hex')}`)
+    if (chain === undefined || !chain.some(v => v.birth === birth)) problems.push(`births entry (volume ${vol}, table ${table}, birth ${birth}) lists no version`)
+  }
 }

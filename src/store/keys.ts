@@ -17,6 +17,7 @@
  * | history   | table u8, head key, birth u32                    | HistoryRecord (msgpack)        |
  * | deadlist  | vol u32, death u32, table u8, head key, birth u32 | empty                          |
  * | births    | vol u32, birth u32, table u8, head key           | empty                          |
+ * | snapshots | vol u32, gen u32                                 | SnapshotRecord (msgpack)       |
  *
  * "Head" records are what the live volume reads. A head carries its birth generation; when a head
  * born at or before the volume's latest snapshot is overwritten or deleted, the old version moves
@@ -172,6 +173,34 @@ export function birthKey (vol: number, birth: number, table: Table, headKey: Buf
   key[8] = table
   headKey.copy(key, 9)
   return key
+}
+
+/** vol u32, gen u32: the snapshot of a volume that froze generation `gen`. */
+export function snapshotKey (vol: number, gen: number): Buffer {
+  const key = Buffer.allocUnsafe(8)
+  key.writeUInt32BE(vol, 0)
+  key.writeUInt32BE(gen, 4)
+  return key
+}
+
+/** The volume and generation of a snapshots key. */
+export function decodeSnapshotKey (key: Buffer): { vol: number, gen: number } {
+  return { vol: key.readUInt32BE(0), gen: key.readUInt32BE(4) }
+}
+
+/** vol u32, death u32: the start of a volume's dead-list entries that died at `death` or later. */
+export function deadPrefix (vol: number, death: number): Buffer {
+  return snapshotKey(vol, death)
+}
+
+/** The death, table, head key and birth of a dead-list key. */
+export function decodeDeadKey (key: Buffer): { death: number, table: Table, headKey: Buffer, birth: number } {
+  return { death: key.readUInt32BE(4), table: key[8] as Table, headKey: key.subarray(9, key.length - 4), birth: key.readUInt32BE(key.length - 4) }
+}
+
+/** The volume, birth, table and head key of a births key. */
+export function decodeBirthKey (key: Buffer): { vol: number, birth: number, table: Table, headKey: Buffer } {
+  return { vol: key.readUInt32BE(0), birth: key.readUInt32BE(4), table: key[8] as Table, headKey: key.subarray(9) }
 }
 
 /** The extra-reference count stored in `refs`. */

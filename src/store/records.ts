@@ -56,6 +56,43 @@ export interface VolumeRecord {
   /** Next inode number to hand out. */
   nextIno: number
   created: number
+  /** Bytes of data the live volume references (allocated, like st_blocks). */
+  used: number
+  /** Bytes of the live volume's data written since its newest snapshot. */
+  written: number
+  /** Bytes held by snapshots only: old data versions no live file references. */
+  snapshotBytes: number
+  /** Most snapshots the volume may have, null for no limit. */
+  maxSnapshots: number | null
+  /** Most bytes its snapshots may hold (`snapshotBytes`) for a new one to be created, null for no limit. */
+  maxSnapshotBytes: number | null
+}
+
+/** What a snapshot is doing: `ready` to browse, or `deleting` in the background. */
+export type SnapshotStatus = 'ready' | 'deleting'
+
+/** A snapshot: the volume as it was at generation `gen`. */
+export interface SnapshotRecord {
+  /** Store-wide number, never reused. */
+  id: number
+  name: string
+  description: string
+  /** Creation time, ms since the epoch. */
+  created: number
+  /** The generation it froze: it sees every version born at or before it and dead after it. */
+  gen: number
+  status: SnapshotStatus
+  /** Bytes of data it references (the volume's `used` when it was taken). */
+  refer: number
+  /** Bytes of data written between the previous snapshot and this one. */
+  written: number
+  /** While deleting: the last dead-list key handled, entries handled, entries to handle, bytes freed. */
+  cursor?: Buffer
+  done?: number
+  total?: number
+  freed?: number
+  /** While deleting: the volume's generation when the delete began. */
+  deleteGen?: number
 }
 
 /** The store's identity and format, under the meta key "format". */

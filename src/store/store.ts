@@ -18,14 +18,18 @@ import path from 'node:path'
 import { open, type Database, type RootDatabase } from 'lmdb'
 import createDebug from 'debug'
 import { FsError, UserError } from '../errors.js'
-import { ROOT_INO, type FormatRecord, type InodeRecord, type VolumeRecord } from './records.js'
-import { inodeKey } from './keys.js'
+import { ROOT_INO, type FormatRecord, type InodeRecord, type SnapshotRecord, type VolumeRecord } from './records.js'
+import { Table, birthKey, decodeBmap, decodeInodeKey, inodeKey, sectorsOf } from './keys.js'
 import { releaseFileMappings } from '../native.js'
 
 const debug = createDebug('snapfs:store')
 
-/** The on-disk format this code reads and writes. Bump it when a key or value layout changes. */
-export const FORMAT_VERSION = 1
+/**
+ * The on-disk format this code reads and writes. Bump it when a key or value layout changes.
+ * v2 added the snapshot catalogue and the volume's space counters; a v1 store is upgraded when
+ * opened (one scan of its block maps).
+ */
+export const FORMAT_VERSION = 2
 
 /** Default data block size: a 64 KiB value costs 17 LMDB pages (6 % overhead, DESIGN.md). */
 export const DEFAULT_BLOCK_SIZE = 64 * 1024
@@ -65,6 +69,7 @@ export class Store {
   readonly orphans: BinaryDb
   readonly deadlist: BinaryDb
   readonly births: BinaryDb
+  readonly snapshots: Database<SnapshotRecord, Buffer>
   readonly format: FormatRecord
   /** Next block id to hand out. */
   nextBlock: number
@@ -93,6 +98,7 @@ export class Store {
     this.orphans = root.openDB({ name: 'orphans', ...raw })
     this.deadlist = root.openDB({ name: 'deadlist', ...raw })
     this.births = root.openDB({ name: 'births', ...raw })
+    this.snapshots = root.openDB({ name: 'snapshots', ...records })
     const format = this.meta.get('format') as FormatRecord | undefined
     if (format === undefined || format.magic !== 'snapfs') {
       root.close()
@@ -106,6 +112,7 @@ export class Store {
       root.close()
       throw new UserError(`${dir} has a corrupt format record`)
     }
+    if (format.version < FORMAT_VERSION) this.upgrade(format)
     this.format = format
     this.nextBlock = (this.meta.get('nextBlock') as number | undefined) ?? 1
     this.blockCeiling = this.nextBlock
@@ -144,7 +151,8 @@ export class Store {
     const meta = root.openDB<any, string>({ name: 'meta', encoding: 'msgpack' })
     const volumes = root.openDB<VolumeRecord, number>({ name: 'volumes', keyEncoding: 'uint32', encoding: 'msgpack' })
     const inodes = root.openDB<InodeRecord, Buffer>({ name: 'inodes', keyEncoding: 'binary', encoding: 'msgpack' })
-    const volume: VolumeRecord = { id: 1, name: DEFAULT_VOLUME, gen: 1, lastSnapGen: 0, nextIno: ROOT_INO + 1, created: now }
+    const births = root.openDB<Buffer, Buffer>({ name: 'births', keyEncoding: 'binary', encoding: 'binary' })
+    const volume = newVolume(1, DEFAULT_VOLUME, now)
     const rootInode: InodeRecord = {
       b: 1, mode: 0o40755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, size: 0, nlink: 2,
       atime: now, mtime: now, ctime: now, rdev: 0, blocks: 0, parent: ROOT_INO
@@ -155,11 +163,42 @@ export class Store {
       meta.putSync('volume:' + DEFAULT_VOLUME, volume.id)
       volumes.putSync(volume.id, volume)
       inodes.putSync(inodeKey(volume.id, ROOT_INO), rootInode)
+      births.putSync(birthKey(volume.id, 1, Table.Inode, inodeKey(volume.id, ROOT_INO)), Buffer.alloc(0))
     })
     await root.flushed
     root.close()
     debug('init %s block size %d', abs, blockSize)
     return Store.open(abs)
+  }
+
+  /**
+   * Upgrades a v1 store in one transaction: v1 had no snapshots, so every stored block is live
+   * data written since the (absent) newest snapshot; v1 did not list the root directory's first
+   * version in the births index.
+   */
+  private upgrade (format: FormatRecord): void {
+    const used = new Map<number, number>()
+    for (const { key, value } of this.bmap.getRange()) {
+      const { vol } = decodeInodeKey(key)
+      used.set(vol, (used.get(vol) ?? 0) + sectorsOf(decodeBmap(value).length) * 512)
+    }
+    this.root.transactionSync(() => {
+      for (const { key, value } of [...this.volumes.getRange()]) {
+        const bytes = used.get(key) ?? 0
+        this.volumes.putSync(key, { ...newVolume(value.id, value.name, value.created), ...value, used: bytes, written: bytes })
+        const rootKey = inodeKey(value.id, ROOT_INO)
+        const root = this.inodes.get(rootKey)
+        if (root !== undefined) this.births.putSync(birthKey(value.id, root.b, Table.Inode, rootKey), Buffer.alloc(0))
+      }
+      format.version = FORMAT_VERSION
+      this.meta.putSync('format', format)
+    })
+    debug('upgraded %s to format v%d', this.dir, FORMAT_VERSION)
+  }
+
+  /** Decodes a record value kept raw in history (encoded by `db`, one of the record databases). */
+  decodeRecord<T> (db: Database<any, Buffer>, raw: Buffer): T {
+    return (db as unknown as { decoder: { decode: (buf: Buffer) => T } }).decoder.decode(raw)
   }
 
   /** The volume called `name`, or a UserError listing what exists. */
@@ -217,6 +256,14 @@ export class Store {
     this.flushed()
     await this.root.close()
     debug('closed %s', this.dir)
+  }
+}
+
+/** A new, empty volume record. */
+export function newVolume (id: number, name: string, now: number): VolumeRecord {
+  return {
+    id, name, gen: 1, lastSnapGen: 0, nextIno: ROOT_INO + 1, created: now,
+    used: 0, written: 0, snapshotBytes: 0, maxSnapshots: null, maxSnapshotBytes: null
   }
 }
 

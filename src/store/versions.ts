@@ -8,6 +8,10 @@
  * - Replacing or removing a head born at or before the latest snapshot keeps it for the snapshots:
  *   it moves to `history` with death = `gen` and is listed in `deadlist` under that death.
  *
+ * Space accounting follows the same rules: a block-map head counts in the volume's `used`, and in
+ * `written` when born after the latest snapshot; a version moved to history counts in
+ * `snapshotBytes` instead. `finish` adds the changes to the volume record.
+ *
  * Every method must run inside a transaction callback of the store (see fs/commit.ts): reads then
  * see the transaction's own writes, and all of them commit together or not at all.
  */
@@ -24,6 +28,10 @@ export class VersionWriter {
   private readonly lastSnapGen: number
   /** Whether the block reservation moved and must be saved with this transaction. */
   private allocated = false
+  /** Changes to the volume's space counters, in bytes. */
+  private used = 0
+  private written = 0
+  private snapshotBytes = 0
 
   constructor (store: Store, volume: VolumeRecord) {
     this.store = store
@@ -97,6 +105,7 @@ export class VersionWriter {
     if (old !== undefined && old.birth > this.lastSnapGen && this.store.refs.get(blockKey(old.block)) === undefined) {
       this.store.blocks.putSync(blockKey(old.block), data)
       if (old.length !== data.length) this.store.bmap.putSync(key, encodeBmap({ ...old, length: data.length }))
+      this.addLive(sectorsOf(data.length) - oldSectors)
       return sectorsOf(data.length) - oldSectors
     }
     const block = this.store.nextBlock++
@@ -107,6 +116,7 @@ export class VersionWriter {
     this.store.blocks.putSync(blockKey(block), data)
     if (old !== undefined) this.retireBlockHead(key, old.block, old.birth, raw as Buffer, true)
     this.store.bmap.putSync(key, encodeBmap({ block, birth: this.gen, length: data.length }))
+    this.addLive(sectorsOf(data.length))
     if (old?.birth !== this.gen) this.store.births.putSync(birthKey(this.vol, this.gen, Table.Bmap, key), EMPTY)
     return sectorsOf(data.length) - oldSectors
   }
@@ -144,27 +154,38 @@ export class VersionWriter {
     this.store.orphans.removeSync(inodeKey(this.vol, ino))
   }
 
-  /** Saves the block reservation if it moved, and the volume record if it changed (call last). */
+  /**
+   * Saves the block reservation if it moved, and the volume record (with the space counters this
+   * writer changed) if anything in it changed. Call last.
+   */
   finish (volume: VolumeRecord, volumeChanged: boolean): void {
     if (this.allocated) this.store.meta.putSync('nextBlock', this.store.blockCeiling)
-    if (volumeChanged) this.store.volumes.putSync(volume.id, volume)
-  }
-
-  /** Drops one reference to a block, deleting it with its last reference. */
-  releaseBlock (block: number): void {
-    const key = blockKey(block)
-    const extra = this.store.refs.get(key)
-    if (extra === undefined) {
-      this.store.blocks.removeSync(key)
-      return
-    }
-    const count = decodeCount(extra)
-    if (count <= 1) this.store.refs.removeSync(key)
-    else this.store.refs.putSync(key, encodeCount(count - 1))
+    const counted = this.used !== 0 || this.written !== 0 || this.snapshotBytes !== 0
+    volume.used += this.used
+    volume.written += this.written
+    volume.snapshotBytes += this.snapshotBytes
+    this.used = this.written = this.snapshotBytes = 0
+    if (volumeChanged || counted) this.store.volumes.putSync(volume.id, volume)
   }
 
   private retireBlockHead (key: Buffer, block: number, birth: number, raw: Buffer, replaced: boolean): void {
-    if (!this.retire(Table.Bmap, key, birth, raw, replaced)) this.releaseBlock(block)
+    const sectors = sectorsOf(decodeBmap(raw).length)
+    if (this.retire(Table.Bmap, key, birth, raw, replaced)) {
+      this.used -= sectors * 512
+      this.snapshotBytes += sectors * 512
+      return
+    }
+    this.addLive(-sectors)
+    releaseBlock(this.store, block)
+  }
+
+  /**
+   * Counts live data that grew or shrank by `sectors`. Only heads born after the latest snapshot
+   * change in place or go for good, so the change is always to data written since that snapshot.
+   */
+  private addLive (sectors: number): void {
+    this.used += sectors * 512
+    this.written += sectors * 512
   }
 
   /**
@@ -190,4 +211,17 @@ export class VersionWriter {
     this.store.deadlist.putSync(deadKey(this.vol, this.gen, table, key, birth), EMPTY)
     return true
   }
+}
+
+/** Drops one reference to a block, deleting it with its last reference (inside a transaction). */
+export function releaseBlock (store: Store, block: number): void {
+  const key = blockKey(block)
+  const extra = store.refs.get(key)
+  if (extra === undefined) {
+    store.blocks.removeSync(key)
+    return
+  }
+  const count = decodeCount(extra)
+  if (count <= 1) store.refs.removeSync(key)
+  else store.refs.putSync(key, encodeCount(count - 1))
 }
