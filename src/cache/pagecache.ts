@@ -215,6 +215,12 @@ export class PageCache {
     return dirty
   }
 
+  /** Drops every clean page and the spare buffers (the cache's owner is going away). */
+  dropAll (): void {
+    this.evict(this.resident)
+    this.spare.length = 0
+  }
+
   /** Drops clean, unpinned pages in LRU order until `count` are gone or none is left to drop. */
   evict (count: number): void {
     let page = this.head

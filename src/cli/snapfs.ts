@@ -50,6 +50,7 @@ program.command('mount')
   .option('--cache-size <size>', 'page cache memory bound', DEFAULT_CACHE)
   .option('--dirty-age <duration>', 'longest time a change waits in memory before it is committed', DEFAULT_DIRTY_AGE)
   .option('--log <file>', 'log file of the background daemon (default: STORE/VOLUME.log)')
+  .addOption(new Option('--snapdir <mode>', 'whether the root\'s listing shows .snapshots (it is always reachable by path)').choices(['hidden', 'visible']).default('hidden'))
   .addOption(new Option('--allow-other', 'let other users use the mount (default when root)'))
   .addOption(new Option('--no-allow-other', 'only the mounting user may use the mount'))
   .action(async (first: string, second: string | undefined, opts: MountFlags) => runAction('snapfs', async () => {
@@ -66,7 +67,7 @@ program.command('mount')
     }
     const allowOther = opts.allowOther ?? (process.getuid?.() === 0)
     if (opts.foreground === true) {
-      const code = await runDaemon({ store: storeDir, volume: opts.volume, mountpoint, cacheBytes, dirtyAgeMs, allowOther })
+      const code = await runDaemon({ store: storeDir, volume: opts.volume, mountpoint, cacheBytes, dirtyAgeMs, allowOther, snapdirVisible: opts.snapdir === 'visible' })
       process.exit(code)
     }
     await mountInBackground(storeDir, mountpoint, opts)
@@ -115,7 +116,7 @@ program.command('info')
     }
     process.stdout.write(`store       ${info.store}\nformat      v${info.format}\nblock size  ${formatBytes(info.blockSize)}\nstore file  ${formatBytes(size)}\n`)
     for (const volume of volumes) {
-      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes)\n`)
+      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes, ${formatBytes(volume.used)} used, ${formatBytes(volume.snapshotBytes)} held by snapshots)\n`)
     }
   }))
 
@@ -141,6 +142,7 @@ interface MountFlags {
   cacheSize: string
   dirtyAge: string
   log?: string
+  snapdir: string
   allowOther?: boolean
 }
 
@@ -149,7 +151,7 @@ async function mountInBackground (storeDir: string, mountpoint: string, opts: Mo
   const logFile = path.resolve(opts.log ?? path.join(storeDir, `${opts.volume}.log`))
   const log = fs.openSync(logFile, 'a')
   const args = [fileURLToPath(import.meta.url), 'mount', storeDir, mountpoint, '--foreground',
-    '--volume', opts.volume, '--cache-size', opts.cacheSize, '--dirty-age', opts.dirtyAge]
+    '--volume', opts.volume, '--cache-size', opts.cacheSize, '--dirty-age', opts.dirtyAge, '--snapdir', opts.snapdir]
   if (opts.allowOther === false) args.push('--no-allow-other')
   if (opts.allowOther === true) args.push('--allow-other')
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] })

@@ -13,7 +13,8 @@ import { UserError } from '../errors.js'
 import { Store } from '../store/store.js'
 import { LiveVolume } from '../fs/volume.js'
 import { FuseWithOptions, fuseOptionList } from '../fuse/mount-options.js'
-import { liveOps } from '../fuse/ops.js'
+import { mountOps } from '../fuse/ops.js'
+import { Snapshots } from '../fs/snapshots.js'
 import { ControlServer } from '../control/server.js'
 import { socketPath } from '../control/socket-path.js'
 import type { MountStatus } from '../control/protocol.js'
@@ -32,7 +33,11 @@ export interface DaemonOptions {
   cacheBytes: number
   dirtyAgeMs: number
   allowOther: boolean
+  snapdirVisible: boolean
 }
+
+/** Page cache of each snapshot view being browsed, at most this share of the live cache. */
+const VIEW_CACHE_SHARE = 8
 
 /** Lifecycle lines for the daemon's log, whatever DEBUG says. */
 function log (message: string): void {
@@ -54,9 +59,11 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
   const orphans = await volume.recoverOrphans()
   if (orphans > 0) log(`freed ${orphans} files left open and unlinked by an earlier daemon`)
   volume.writeback.startTimer()
+  const snapshots = new Snapshots(volume, Math.max(4 * 1024 * 1024, Math.floor(options.cacheBytes / VIEW_CACHE_SHARE)))
+  snapshots.resume()
 
   const owner = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
-  const fuse = new FuseWithOptions(mountpoint, liveOps(volume, owner), fuseOptionList({
+  const fuse = new FuseWithOptions(mountpoint, mountOps(volume, snapshots, { owner, snapdirVisible: options.snapdirVisible }), fuseOptionList({
     fsname: `snapfs:${store.dir}`,
     allowOther: options.allowOther
   }), OP_TIMEOUT_MS)
@@ -74,6 +81,7 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
         throw new UserError(`cannot unmount ${mountpoint}: ${(err as Error).message}`)
       }
       volume.writeback.stopTimer()
+      await snapshots.stop()
       await volume.fsync()
       control.close()
       await store.close()
@@ -95,6 +103,11 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
       dirtyBytes: volume.cache.dirtyPages * volume.blockSize
     }),
     sync: async () => { await volume.fsync() },
+    'snapshot.create': async (args) => await snapshots.create(String(args.name ?? ''), String(args.description ?? '')),
+    'snapshot.list': () => snapshots.list(),
+    'snapshot.show': (args) => snapshots.show(String(args.name ?? '')),
+    'snapshot.delete': async (args) => await snapshots.delete(String(args.name ?? ''), args.wait !== false),
+    'snapshot.quota': async (args) => await snapshots.quota(quotaChange(args)),
     unmount: async (args) => {
       await shutdown(args.force === true)
       setImmediate(() => process.exit(0))
@@ -125,6 +138,17 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     process.on('SIGINT', () => onSignal('SIGINT'))
     debug('serving %s', mountpoint)
   })
+}
+
+/** The quota fields a `snapshot.quota` request sets: a count or byte limit, null to lift it. */
+function quotaChange (args: Record<string, unknown>): { maxSnapshots?: number | null, maxSnapshotBytes?: number | null } {
+  const limit = (value: unknown, what: string): number | null | undefined => {
+    if (value === undefined) return undefined
+    if (value === null) return null
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new UserError(`invalid ${what} ${String(value)}`)
+    return value
+  }
+  return { maxSnapshots: limit(args.maxCount, 'snapshot count limit'), maxSnapshotBytes: limit(args.maxBytes, 'snapshot size limit') }
 }
 
 /** Creates a missing mount point; clears a dead mount left there; refuses a live one. */

@@ -28,6 +28,18 @@ export function mountAt (target: string): MountEntry | undefined {
   return listMounts().filter(entry => entry.target === target).pop()
 }
 
+/** The snapfs mount that holds `dir` (the deepest one), if any. */
+export function snapfsMountHolding (dir: string): string | undefined {
+  const abs = absoluteMountpoint(dir)
+  let best: string | undefined
+  for (const entry of listMounts()) {
+    if (entry.type !== 'fuse.snapfs') continue
+    const inside = abs === entry.target || abs.startsWith(entry.target === '/' ? '/' : entry.target + '/')
+    if (inside && (best === undefined || entry.target.length > best.length)) best = entry.target
+  }
+  return best
+}
+
 /** An absolute path for a mount point without touching it (stat on a dead mount fails). */
 export function absoluteMountpoint (mountpoint: string): string {
   const abs = path.resolve(mountpoint)

@@ -77,6 +77,8 @@ export class LiveVolume {
   private nextIno: number
   /** Inodes that exist: counted from the store at start, then kept up to date. */
   private liveInodes: number
+  /** Set while a snapshot is being frozen: writes wait for it. */
+  private writesHeld: Promise<void> | null = null
 
   constructor (store: Store, record: VolumeRecord, options: VolumeOptions) {
     this.store = store
@@ -341,8 +343,23 @@ export class LiveVolume {
     return end - offset
   }
 
+  /**
+   * Makes writes wait until the returned function is called (a snapshot freezes the block map
+   * meanwhile). Other changes go on: they are part of whichever commit takes them.
+   */
+  holdWrites (): () => void {
+    let release = (): void => {}
+    const held = new Promise<void>(resolve => { release = resolve })
+    this.writesHeld = held
+    return () => {
+      if (this.writesHeld === held) this.writesHeld = null
+      release()
+    }
+  }
+
   /** Writes `data` at `offset`; waits for write-back first when the page cache is full. */
   async write (ino: number, offset: number, data: Buffer): Promise<number> {
+    while (this.writesHeld !== null) await this.writesHeld
     const inode = this.inode(ino)
     if (!isReg(inode.mode)) fail('EINVAL', `inode ${ino} is not a regular file`)
     const end = offset + data.length

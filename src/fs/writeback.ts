@@ -5,14 +5,18 @@
  * state the file system really had.
  *
  * Triggers: fsync and flush/close (they wait), the dirty-age timer, the page cache filling up,
- * unmount and (later) snapshot creation. `commit()` resolves once a commit that started after the
- * call is visible in the store file (`committed`); durability is the caller's `store.flushed()`.
+ * unmount and snapshot creation. `commit()` resolves once a commit that started after the call is
+ * visible in the store file (`committed`); durability is the caller's `store.flushed()`.
+ * `commitWith` runs a step of its own (freezing or deleting a snapshot) in a commit's transaction,
+ * after the changes, so the step sees the store exactly as the volume is at that instant.
  */
 import createDebug from 'debug'
+import { UserError } from '../errors.js'
 import { applyChanges } from './commit.js'
 import type { LiveVolume } from './volume.js'
 import { ChangeSet } from './changes.js'
 import type { Page } from '../cache/pagecache.js'
+import type { VolumeRecord } from '../store/records.js'
 
 const debug = createDebug('snapfs:writeback')
 
@@ -95,10 +99,23 @@ export class Writeback {
     return this.commitOnce()
   }
 
+  /**
+   * Commits every pending change and, with `allPages`, every dirty page (else a commit's worth),
+   * then runs `step` in the same transaction; resolves with its result once committed. Waits for
+   * the commit under way; later commits wait for this one.
+   */
+  async commitWith<T> (step: () => T, allPages: boolean): Promise<T> {
+    while (this.running !== null) await this.running.catch(() => {})
+    let result: T | undefined
+    this.running = this.run(allPages ? Infinity : this.commitPages, () => { result = step() }).finally(() => { this.running = null })
+    await this.running
+    return result as T
+  }
+
   private commitOnce (): Promise<void> {
     if (this.running === null) {
       if (this.volume.clean) return Promise.resolve()
-      this.running = this.run().finally(() => { this.running = null })
+      this.running = this.run(this.commitPages).finally(() => { this.running = null })
       return this.running
     }
     if (this.queued === null) {
@@ -122,23 +139,27 @@ export class Writeback {
     if (metaAge >= this.dirtyAgeMs || cache.oldestDirtyAge(now) >= this.dirtyAgeMs) this.start()
   }
 
-  private async run (): Promise<void> {
+  private async run (pageLimit: number, step?: () => void): Promise<void> {
     const seq = ++this.seq
     const volume = this.volume
     let taken: { changes: ChangeSet, pages: Page[] } | null = null
+    let counters: Partial<VolumeRecord> = {}
     const started = Date.now()
     const blocks = { next: volume.store.nextBlock, ceiling: volume.store.blockCeiling }
     const sectors = new Map<number, number>()
     const apply = (): void => {
+      const { gen, lastSnapGen, used, written, snapshotBytes, maxSnapshots, maxSnapshotBytes } = volume.record
+      counters = { gen, lastSnapGen, used, written, snapshotBytes, maxSnapshots, maxSnapshotBytes }
       const changes = volume.changes
       volume.changes = new ChangeSet()
-      const pages = volume.cache.takeDirty(seq, this.commitPages)
+      const pages = volume.cache.takeDirty(seq, pageLimit)
       taken = { changes, pages }
       volume.truncationsInFlight.set(seq, changes.truncations)
       applyChanges(volume, changes, pages, sectors)
+      if (step !== undefined) step()
     }
     try {
-      const small = volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
+      const small = step === undefined && volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
         volume.changes.inodes.size + volume.changes.removed.size <= SYNC_COMMIT_INODES
       if (small) volume.store.root.transactionSync(apply)
       else {
@@ -146,15 +167,17 @@ export class Writeback {
         await volume.store.root.transaction(apply)
       }
     } catch (err) {
-      // The block ids this commit handed out, the reservation it would have saved and the sector
-      // counts it changed are void: the store is as it was.
+      // The block ids this commit handed out, the reservation it would have saved, the sector
+      // counts and the volume counters it changed are void: the store is as it was.
+      Object.assign(volume.record, counters)
       volume.store.nextBlock = blocks.next
       volume.store.blockCeiling = blocks.ceiling
       for (const [ino, delta] of sectors) {
         const inode = volume.loaded(ino)
         if (inode !== undefined) inode.blocks -= delta
       }
-      const error = volume.store.commitFailure(err)
+      // A step may refuse (a taken snapshot name): its error goes to the caller as it is.
+      const error = err instanceof UserError ? err : volume.store.commitFailure(err)
       this.failed(seq, taken, error)
       throw error
     }

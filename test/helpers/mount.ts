@@ -17,6 +17,8 @@ import type { Test } from 'tap'
 
 /** The compiled CLI under test. */
 export const SNAPFS_CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'src', 'cli', 'snapfs.js')
+/** The compiled snapshot CLI under test. */
+export const SNAPCTL_CLI = resolve(dirname(SNAPFS_CLI), 'snapctl.js')
 
 /** The file-system type a snapfs mount shows in /proc/mounts. */
 export const FSTYPE = 'fuse.snapfs'
@@ -116,6 +118,12 @@ export function run (cmd: string, args: string[], opts: RunOptions = {}): Promis
 export async function snapfs (args: string[], opts: RunOptions = {}): Promise<RunResult> {
   if (!existsSync(SNAPFS_CLI)) throw new Error(`${SNAPFS_CLI} is missing: build first (npx tsc -p tsconfig.json)`)
   return await run(process.execPath, [SNAPFS_CLI, ...args], opts)
+}
+
+/** Runs the snapctl CLI under test (`-C MOUNTPOINT` or a `cwd` inside the mount picks the mount). */
+export async function snapctl (args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  if (!existsSync(SNAPCTL_CLI)) throw new Error(`${SNAPCTL_CLI} is missing: build first (npx tsc -p tsconfig.json)`)
+  return await run(process.execPath, [SNAPCTL_CLI, ...args], opts)
 }
 
 /**

@@ -1,0 +1,68 @@
+/**
+ * The snapshot API for programs: the operations snapctl offers, typed, on a mounted snapfs
+ * (the equivalent of a cloud CreateSnapshot / DescribeSnapshots / DeleteSnapshot API). Each call
+ * talks to the daemon of the mount over its control socket; errors reject with a UserError whose
+ * message is one line.
+ */
+import { spawnSync } from 'node:child_process'
+import { call } from './control/client.js'
+import { absoluteMountpoint } from './daemon/mounts.js'
+import { syncMount } from './native.js'
+import type { QuotaInfo, SnapshotInfo } from './fs/snapshots.js'
+
+export type { QuotaInfo, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
+
+export interface CreateOptions {
+  description?: string
+}
+
+/**
+ * Takes a snapshot of the volume mounted at `mountpoint`: the kernel's buffers for the mount are
+ * flushed first, then the daemon commits everything it holds and freezes the block map. Resolves
+ * once the snapshot is durable.
+ */
+export async function createSnapshot (mountpoint: string, name: string, options: CreateOptions = {}): Promise<SnapshotInfo & { elapsedMs: number }> {
+  const mnt = absoluteMountpoint(mountpoint)
+  flushKernelBuffers(mnt)
+  return await call(mnt, 'snapshot.create', { name, description: options.description ?? '' }) as SnapshotInfo & { elapsedMs: number }
+}
+
+/** Every snapshot of the mounted volume, oldest first, with its space accounting. */
+export async function listSnapshots (mountpoint: string): Promise<SnapshotInfo[]> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.list') as SnapshotInfo[]
+}
+
+export async function showSnapshot (mountpoint: string, name: string): Promise<SnapshotInfo> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.show', { name }) as SnapshotInfo
+}
+
+export interface DeleteOptions {
+  /** Resolve once the snapshot's blocks are freed (default), or as soon as it is hidden. */
+  wait?: boolean
+}
+
+/** Deletes a snapshot; with `wait` (the default) resolves with the bytes freed once it is gone. */
+export async function deleteSnapshot (mountpoint: string, name: string, options: DeleteOptions = {}): Promise<{ name: string, freed: number }> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.delete', { name, wait: options.wait !== false }) as { name: string, freed: number }
+}
+
+export interface QuotaChange {
+  /** Most snapshots the volume may have; null lifts the limit. */
+  maxCount?: number | null
+  /** Most bytes its snapshots may hold before a new one is refused; null lifts the limit. */
+  maxBytes?: number | null
+}
+
+/** Shows the volume's snapshot quotas, setting the ones given first. */
+export async function snapshotQuota (mountpoint: string, change: QuotaChange = {}): Promise<QuotaInfo> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.quota', { ...change }) as QuotaInfo
+}
+
+/** syncfs(2) on the mount, through the native addon, or `sync -f` when the addon is missing. */
+function flushKernelBuffers (mnt: string): void {
+  try {
+    syncMount(mnt)
+  } catch {
+    spawnSync('sync', ['-f', mnt], { stdio: 'ignore' })
+  }
+}

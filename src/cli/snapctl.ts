@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+/**
+ * `snapctl`: snapshots of a mounted snapfs volume — create, list, show, delete, quotas. It acts
+ * on the mount that holds the current directory, or the one named with -C, through the daemon's
+ * control socket (src/api.ts does the talking). Human output by default, --json for scripts.
+ */
+import { Command } from 'commander'
+import { UserError } from '../errors.js'
+import { createSnapshot, deleteSnapshot, listSnapshots, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { snapfsMountHolding } from '../daemon/mounts.js'
+import { formatBytes, parseSize, runAction } from './common.js'
+
+/** Progress of a delete is shown on a terminal once it has run this long. */
+const PROGRESS_AFTER_MS = 1000
+const PROGRESS_EVERY_MS = 250
+
+const program = new Command('snapctl')
+  .description('Snapshots of a mounted snapfs volume.\n\n' +
+    'Typical use, inside the mount:\n' +
+    '  snapctl create before-upgrade     freeze the volume as it is now (instant)\n' +
+    '  ls .snapshots/before-upgrade      browse it, read-only\n' +
+    '  snapctl list                      what each snapshot holds on to\n' +
+    '  snapctl delete before-upgrade     free what only it holds')
+  .option('-C, --mount <path>', 'the mount to act on (default: the snapfs mount holding the current directory)')
+  .showHelpAfterError()
+
+/** The mount the command acts on. */
+function mountOf (): string {
+  const given = program.opts<{ mount?: string }>().mount
+  const mnt = snapfsMountHolding(given ?? process.cwd())
+  if (mnt === undefined) {
+    throw new UserError(given === undefined
+      ? 'the current directory is not inside a snapfs mount (use -C MOUNTPOINT)'
+      : `${given} is not inside a snapfs mount`)
+  }
+  return mnt
+}
+
+function print (json: boolean | undefined, value: unknown, human: () => string): void {
+  process.stdout.write(json === true ? JSON.stringify(value, null, 2) + '\n' : human())
+}
+
+program.command('create')
+  .description('snapshot the volume: every write acknowledged before this command is in it')
+  .argument('<name>', 'the snapshot\'s name (shown as .snapshots/NAME)')
+  .option('-d, --description <text>', 'a note kept with the snapshot', '')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, opts: { description: string, json?: boolean }) => runAction('snapctl', async () => {
+    const created = await createSnapshot(mountOf(), name, { description: opts.description })
+    print(opts.json, created, () => `created snapshot ${created.name} (id ${created.id}) at ${new Date(created.created).toISOString()} in ${created.elapsedMs} ms\n`)
+  }))
+
+program.command('list')
+  .alias('ls')
+  .description('list the snapshots: USED is what deleting one frees, REFER the data it holds, WRITTEN what is new since the one before')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { json?: boolean }) => runAction('snapctl', async () => {
+    const list = await listSnapshots(mountOf())
+    print(opts.json, list, () => table(list))
+  }))
+
+program.command('show')
+  .description('one snapshot in detail')
+  .argument('<name>')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, opts: { json?: boolean }) => runAction('snapctl', async () => {
+    const info = await showSnapshot(mountOf(), name)
+    print(opts.json, info, () => details(info))
+  }))
+
+program.command('delete')
+  .alias('rm')
+  .description('delete a snapshot: it leaves .snapshots at once; the blocks only it holds are freed in the background')
+  .argument('<name>')
+  .option('--no-wait', 'return once the snapshot is hidden, without waiting for its blocks to be freed')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, opts: { wait: boolean, json?: boolean }) => runAction('snapctl', async () => {
+    const mnt = mountOf()
+    const deleting = deleteSnapshot(mnt, name, { wait: opts.wait })
+    const stopProgress = opts.wait && process.stderr.isTTY ? showProgress(mnt, name) : () => {}
+    try {
+      const result = await deleting
+      print(opts.json, result, () => opts.wait
+        ? `deleted snapshot ${name} (freed ${formatBytes(result.freed)})\n`
+        : `deleting snapshot ${name} in the background\n`)
+    } finally {
+      stopProgress()
+    }
+  }))
+
+program.command('quota')
+  .description('show or set the volume\'s snapshot quotas (a count, and the space snapshots may hold)')
+  .option('--max-count <n>', 'most snapshots the volume may have ("none" for no limit)')
+  .option('--max-size <size>', 'most space snapshots may hold before a new one is refused, e.g. 10G ("none" for no limit)')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { maxCount?: string, maxSize?: string, json?: boolean }) => runAction('snapctl', async () => {
+    const change: QuotaChange = {}
+    if (opts.maxCount !== undefined) change.maxCount = limit(opts.maxCount, text => parseCount(text))
+    if (opts.maxSize !== undefined) change.maxBytes = limit(opts.maxSize, parseSize)
+    const quota = await snapshotQuota(mountOf(), change)
+    print(opts.json, quota, () =>
+      `snapshots      ${quota.count}${quota.maxCount === null ? '' : ` of at most ${quota.maxCount}`}\n` +
+      `space held     ${formatBytes(quota.bytes)}${quota.maxBytes === null ? '' : ` (new snapshots refused from ${formatBytes(quota.maxBytes)})`}\n`)
+  }))
+
+function limit (text: string, parse: (text: string) => number): number | null {
+  return text === 'none' ? null : parse(text)
+}
+
+function parseCount (text: string): number {
+  if (!/^\d+$/.test(text)) throw new UserError(`invalid count "${text}" (a whole number, or "none")`)
+  return Number(text)
+}
+
+function table (list: SnapshotInfo[]): string {
+  const rows = [['NAME', 'CREATED', 'USED', 'REFER', 'WRITTEN', 'STATUS']]
+  for (const s of list) {
+    const status = s.progress === undefined ? s.status : `${s.status} ${percent(s.progress)}`
+    rows.push([s.name, localTime(s.created), formatBytes(s.used), formatBytes(s.refer), formatBytes(s.written), status])
+  }
+  const widths = rows[0].map((_, column) => Math.max(...rows.map(row => row[column].length)))
+  return rows.map(row => row.map((cell, column) => column === row.length - 1 ? cell : cell.padEnd(widths[column])).join('  ')).join('\n') + '\n'
+}
+
+function details (s: SnapshotInfo): string {
+  const lines: Array<[string, string]> = [
+    ['name', s.name], ['id', String(s.id)], ['created', new Date(s.created).toISOString()], ['status', s.status],
+    ['used', formatBytes(s.used)], ['refer', formatBytes(s.refer)], ['written', formatBytes(s.written)], ['generation', String(s.gen)]
+  ]
+  if (s.description.length > 0) lines.push(['description', s.description])
+  if (s.progress !== undefined) lines.push(['progress', percent(s.progress)])
+  return lines.map(([key, value]) => `${key}: ${value}\n`).join('')
+}
+
+function percent (progress: { done: number, total: number }): string {
+  return progress.total === 0 ? '0 %' : `${Math.min(100, Math.floor(100 * progress.done / progress.total))} %`
+}
+
+function localTime (ms: number): string {
+  const d = new Date(ms)
+  const pad = (n: number): string => String(n).padStart(2, '0')
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`
+}
+
+/** Shows a delete's progress and the time left on stderr, from its second second on. */
+function showProgress (mnt: string, name: string): () => void {
+  const started = Date.now()
+  let shown = false
+  const timer = setInterval(() => {
+    if (Date.now() - started < PROGRESS_AFTER_MS) return
+    showSnapshot(mnt, name).then(info => {
+      if (info.progress === undefined || info.progress.done === 0) return
+      const elapsed = (Date.now() - started) / 1000
+      const left = elapsed * (info.progress.total - info.progress.done) / info.progress.done
+      process.stderr.write(`\rdeleting ${name}: ${percent(info.progress)}, about ${Math.ceil(left)} s left   `)
+      shown = true
+    }, () => {})
+  }, PROGRESS_EVERY_MS)
+  return () => {
+    clearInterval(timer)
+    if (shown) process.stderr.write('\n')
+  }
+}
+
+await program.parseAsync()

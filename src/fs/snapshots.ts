@@ -1,0 +1,233 @@
+/**
+ * The snapshots of the mounted volume, as the daemon runs them: creating one (flush, hold writes,
+ * freeze in the commit that takes the last dirty data, make it durable), the views that browse
+ * them, and deletes, which run in the background a batch per commit and resume after a restart.
+ * The catalogue itself lives in the store (store/snapshots.ts); this keeps a copy in memory so
+ * path lookups under `.snapshots/` never scan it.
+ */
+import { performance } from 'node:perf_hooks'
+import createDebug from 'debug'
+import { UserError } from '../errors.js'
+import { checkQuota, checkSnapshotName, deleteStep, freezeSnapshot, markDeleting, setQuota, snapshotsOf, usedBytes } from '../store/snapshots.js'
+import type { SnapshotRecord } from '../store/records.js'
+import type { LiveVolume } from './volume.js'
+import { SnapshotView } from './snapshot-view.js'
+
+const debug = createDebug('snapfs:snapshots')
+
+/** Dead-list entries one delete step frees: small enough that a step never stalls the mount. */
+const DELETE_BATCH = 512
+/** Views whose data pages are kept; older ones are dropped (they reload on use). */
+const KEPT_VIEWS = 4
+/** After a failed delete step (a full disk), the next try waits this long. */
+const DELETE_RETRY_MS = 1000
+
+export type SnapshotState = 'creating' | 'ready' | 'deleting'
+
+/** A snapshot as snapctl and the API describe it. Sizes in bytes. */
+export interface SnapshotInfo {
+  id: number
+  name: string
+  description: string
+  created: number
+  gen: number
+  status: SnapshotState
+  /** What deleting it would free. */
+  used: number
+  /** Data it references. */
+  refer: number
+  /** Data new since the previous snapshot. */
+  written: number
+  /** While deleting: dead-list entries handled and to handle. */
+  progress?: { done: number, total: number }
+}
+
+export interface QuotaInfo {
+  maxCount: number | null
+  maxBytes: number | null
+  count: number
+  /** Bytes held by snapshots only (what deleting all of them would free). */
+  bytes: number
+}
+
+export class Snapshots {
+  private readonly volume: LiveVolume
+  private readonly viewCacheBytes: number
+  private catalogue: SnapshotRecord[]
+  private readonly creating = new Map<string, SnapshotInfo>()
+  private readonly views = new Map<number, SnapshotView>()
+  private readonly finished = new Map<number, Array<(freed: number) => void>>()
+  private worker: Promise<void> | null = null
+  private stopped = false
+
+  constructor (volume: LiveVolume, viewCacheBytes: number) {
+    this.volume = volume
+    this.viewCacheBytes = viewCacheBytes
+    this.catalogue = snapshotsOf(volume.store, volume.record.id)
+  }
+
+  /** The snapshots that can be browsed, oldest first. */
+  ready (): Array<{ name: string, id: number }> {
+    return this.catalogue.filter(s => s.status === 'ready').map(({ name, id }) => ({ name, id }))
+  }
+
+  /** The view of a ready snapshot, or undefined when there is none of that name. */
+  view (name: string): SnapshotView | undefined {
+    const record = this.catalogue.find(s => s.name === name && s.status === 'ready')
+    if (record === undefined) return undefined
+    let view = this.views.get(record.gen)
+    if (view === undefined) {
+      view = new SnapshotView(this.volume.store, this.volume.record.id, record, this.viewCacheBytes, () => { this.volume.mapTouched = true })
+      this.views.set(record.gen, view)
+      for (const [gen, old] of this.views) {
+        if (this.views.size <= KEPT_VIEWS) break
+        this.views.delete(gen)
+        old.dropPages()
+      }
+    }
+    return view
+  }
+
+  list (): SnapshotInfo[] {
+    const list = this.catalogue.map(record => this.info(record))
+    return [...list, ...this.creating.values()]
+  }
+
+  show (name: string): SnapshotInfo {
+    const pending = this.creating.get(name)
+    if (pending !== undefined) return pending
+    const record = this.catalogue.find(s => s.name === name)
+    if (record === undefined) throw new UserError(`no snapshot "${name}"`)
+    return this.info(record)
+  }
+
+  /**
+   * Creates a snapshot holding every write acknowledged before the call: dirty data is committed
+   * while writes go on, then writes wait while the rest is committed and the block map frozen in
+   * one transaction, which is flushed to disk before this returns.
+   */
+  async create (name: string, description: string): Promise<SnapshotInfo & { elapsedMs: number }> {
+    const started = performance.now()
+    checkSnapshotName(name)
+    if (this.creating.has(name) || this.catalogue.some(s => s.name === name)) throw new UserError(`a snapshot named "${name}" already exists`)
+    const volume = this.volume
+    checkQuota(volume.record, this.catalogue)
+    const now = Date.now()
+    this.creating.set(name, { id: 0, name, description, created: now, gen: 0, status: 'creating', used: 0, refer: 0, written: 0 })
+    try {
+      await volume.writeback.commit()
+      const release = volume.holdWrites()
+      let record: SnapshotRecord
+      try {
+        record = await volume.writeback.commitWith(() => freezeSnapshot(volume.store, volume.record, { name, description, now }), true)
+      } finally {
+        release()
+      }
+      volume.store.flushed()
+      this.catalogue = snapshotsOf(volume.store, volume.record.id)
+      const elapsedMs = Math.round((performance.now() - started) * 10) / 10
+      debug('created %s (gen %d) in %d ms', name, record.gen, elapsedMs)
+      return { ...this.info(record), elapsedMs }
+    } finally {
+      this.creating.delete(name)
+    }
+  }
+
+  /**
+   * Starts deleting a snapshot: it disappears from `.snapshots` at once and its blocks are freed
+   * in the background. With `wait`, resolves once it is gone, with the bytes freed.
+   */
+  async delete (name: string, wait: boolean): Promise<{ name: string, freed: number }> {
+    const volume = this.volume
+    const record = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), false)
+    volume.store.flushed()
+    this.catalogue = snapshotsOf(volume.store, volume.record.id)
+    const view = this.views.get(record.gen)
+    if (view !== undefined) {
+      view.invalidate()
+      this.views.delete(record.gen)
+    }
+    const done = wait ? new Promise<number>(resolve => this.onFinished(record.id, resolve)) : null
+    this.resume()
+    return { name, freed: done === null ? 0 : await done }
+  }
+
+  /** Shows, or sets then shows, the volume's snapshot quotas. */
+  async quota (change: { maxSnapshots?: number | null, maxSnapshotBytes?: number | null }): Promise<QuotaInfo> {
+    const volume = this.volume
+    if (change.maxSnapshots !== undefined || change.maxSnapshotBytes !== undefined) {
+      await volume.writeback.commitWith(() => setQuota(volume.store, volume.record, change), false)
+      volume.store.flushed()
+    }
+    const record = volume.record
+    return {
+      maxCount: record.maxSnapshots,
+      maxBytes: record.maxSnapshotBytes,
+      count: this.catalogue.filter(s => s.status === 'ready').length,
+      bytes: record.snapshotBytes
+    }
+  }
+
+  /** Starts the background delete worker if a snapshot is waiting to be deleted. */
+  resume (): void {
+    if (this.worker !== null || this.stopped) return
+    if (!this.catalogue.some(s => s.status === 'deleting')) return
+    this.worker = this.work().finally(() => {
+      this.worker = null
+      this.resume()
+    })
+  }
+
+  /** Stops the delete worker after its current step (shutdown); the delete resumes next mount. */
+  async stop (): Promise<void> {
+    this.stopped = true
+    await this.worker
+  }
+
+  private async work (): Promise<void> {
+    const volume = this.volume
+    while (!this.stopped) {
+      const target = this.catalogue.find(s => s.status === 'deleting')
+      if (target === undefined) return
+      let step: ReturnType<typeof deleteStep>
+      try {
+        step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, target.gen, DELETE_BATCH), false)
+      } catch (err) {
+        debug('delete of %s failed, retrying: %s', target.name, (err as Error).message)
+        await new Promise(resolve => setTimeout(resolve, DELETE_RETRY_MS))
+        continue
+      }
+      this.catalogue = snapshotsOf(volume.store, volume.record.id)
+      if (step === null || step.finished) {
+        volume.store.flushed()
+        const freed = step?.record.freed ?? 0
+        debug('deleted %s, freed %d bytes', target.name, freed)
+        for (const resolve of this.finished.get(target.id) ?? []) resolve(freed)
+        this.finished.delete(target.id)
+      }
+      await new Promise(resolve => setImmediate(resolve))
+    }
+  }
+
+  private onFinished (id: number, resolve: (freed: number) => void): void {
+    const waiting = this.finished.get(id) ?? []
+    waiting.push(resolve)
+    this.finished.set(id, waiting)
+  }
+
+  private info (record: SnapshotRecord): SnapshotInfo {
+    const info: SnapshotInfo = {
+      id: record.id,
+      name: record.name,
+      description: record.description,
+      created: record.created,
+      gen: record.gen,
+      status: record.status,
+      used: record.status === 'ready' ? usedBytes(this.volume.store, this.volume.record, record, this.catalogue) : 0,
+      refer: record.refer,
+      written: record.written
+    }
+    if (record.status === 'deleting') info.progress = { done: record.done ?? 0, total: record.total ?? 0 }
+    return info
+  }
+}
