@@ -19,6 +19,14 @@ const debug = createDebug('snapfs:snapshots')
 const DELETE_BATCH = 512
 /** Views whose data pages are kept; older ones are dropped (they reload on use). */
 const KEPT_VIEWS = 4
+/**
+ * Commits a create makes while writes go on before it holds them: each one takes what was dirty
+ * when it began, so a fast writer cannot keep the create waiting, and what is left for the commit
+ * that freezes (while writes wait) is small.
+ */
+const PRE_FLUSH_ROUNDS = 3
+/** Below this much dirty data a create holds writes at once. */
+const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
 /** After a failed delete step (a full disk), the next try waits this long. */
 const DELETE_RETRY_MS = 1000
 
@@ -115,7 +123,10 @@ export class Snapshots {
     const now = Date.now()
     this.creating.set(name, { id: 0, name, description, created: now, gen: 0, status: 'creating', used: 0, refer: 0, written: 0 })
     try {
-      await volume.writeback.commit()
+      for (let round = 0; round < PRE_FLUSH_ROUNDS; round++) {
+        if (volume.cache.dirtyPages * volume.blockSize < PRE_FLUSH_DONE_BYTES) break
+        await volume.writeback.commit()
+      }
       const release = volume.holdWrites()
       let record: SnapshotRecord
       try {
