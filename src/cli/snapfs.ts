@@ -105,7 +105,8 @@ program.command('info')
     const store = Store.open(storeArg ?? defaultStore())
     const volumes = [...store.volumes.getRange()].map(({ value }) => ({
       ...value,
-      inodes: store.inodes.getKeysCount(prefixRange(volumePrefix(value.id)))
+      inodes: store.inodes.getKeysCount(prefixRange(volumePrefix(value.id))),
+      snapshots: store.snapshots.getKeysCount(prefixRange(volumePrefix(value.id)))
     }))
     const size = fs.statSync(path.join(store.dir, 'data.mdb')).size
     const info = { store: store.dir, format: store.format.version, blockSize: store.blockSize, fileBytes: size, volumes }
@@ -116,7 +117,7 @@ program.command('info')
     }
     process.stdout.write(`store       ${info.store}\nformat      v${info.format}\nblock size  ${formatBytes(info.blockSize)}\nstore file  ${formatBytes(size)}\n`)
     for (const volume of volumes) {
-      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes, ${formatBytes(volume.used)} used, ${formatBytes(volume.snapshotBytes)} held by snapshots)\n`)
+      process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes, ${volume.snapshots} snapshots, ${formatBytes(volume.used)} used, ${formatBytes(volume.snapshotBytes)} held by snapshots)\n`)
     }
   }))
 
@@ -131,7 +132,7 @@ program.command('check')
     if (opts.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
     else {
       for (const problem of report.problems) process.stdout.write(`problem: ${problem}\n`)
-      process.stdout.write(`${report.problems.length === 0 ? 'ok' : 'damaged'}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} blocks checked\n`)
+      process.stdout.write(`${report.problems.length === 0 ? 'ok' : 'damaged'}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} blocks checked (${report.snapshots} snapshots, ${report.versions} old versions)\n`)
     }
     if (report.problems.length > 0) process.exit(2)
   }))

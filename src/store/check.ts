@@ -23,6 +23,9 @@ export interface CheckReport {
   inodes: number
   dirents: number
   blocks: number
+  snapshots: number
+  /** Old versions kept for snapshots. */
+  versions: number
 }
 
 const S_IFMT = 0o170000
@@ -30,7 +33,7 @@ const S_IFDIR = 0o040000
 
 export function checkStore (store: Store): CheckReport {
   const problems: string[] = []
-  const report: CheckReport = { problems, inodes: 0, dirents: 0, blocks: 0 }
+  const report: CheckReport = { problems, inodes: 0, dirents: 0, blocks: 0, snapshots: 0, versions: 0 }
   const bs = store.blockSize
   const references = new Map<number, number>()
   const refer = (block: number): void => { references.set(block, (references.get(block) ?? 0) + 1) }
@@ -108,7 +111,7 @@ export function checkStore (store: Store): CheckReport {
     if (store.deadlist.get(deadKey(vol, record.d, table, headKey, birth)) === undefined) problems.push(`history version (table ${table}, birth ${birth}) is missing from the dead list`)
   }
 
-  checkVersions(store, problems)
+  checkVersions(store, report)
 
   let maxBlock = 0
   for (const key of store.blocks.getKeys()) {
@@ -131,7 +134,8 @@ export function checkStore (store: Store): CheckReport {
 interface Version { birth: number, death: number, sectors: number }
 
 /** The snapshot catalogue, version chains, dead list, births index and space accounting. */
-function checkVersions (store: Store, problems: string[]): void {
+function checkVersions (store: Store, report: CheckReport): void {
+  const problems = report.problems
   const volumes = new Map<number, VolumeRecord>()
   for (const { value } of store.volumes.getRange()) volumes.set(value.id, value)
   const snapshots = new Map<number, SnapshotRecord[]>()
@@ -140,6 +144,7 @@ function checkVersions (store: Store, problems: string[]): void {
     const list = snapshots.get(vol) ?? []
     list.push(value)
     snapshots.set(vol, list)
+    report.snapshots++
   }
   for (const [vol, volume] of volumes) {
     const list = snapshots.get(vol) ?? []
@@ -173,6 +178,7 @@ function checkVersions (store: Store, problems: string[]): void {
   for (const { key, value } of store.history.getRange()) {
     const { table, headKey, birth } = decodeHistoryKey(key)
     const version = value as HistoryRecord
+    report.versions++
     add(table, headKey, { birth, death: version.d, sectors: table === Table.Bmap ? sectorsOf(decodeBmap(version.v).length) : 0 })
   }
 
