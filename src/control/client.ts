@@ -6,12 +6,14 @@ import net from 'node:net'
 import { UserError } from '../errors.js'
 import type { Reply } from './protocol.js'
 import { socketPath } from './socket-path.js'
+import { mountAt } from '../daemon/mounts.js'
 
 let nextId = 1
 
 /** Sends `op` to the daemon serving `mountpoint` (absolute) and returns the result. */
 export async function call (mountpoint: string, op: string, args: Record<string, unknown> = {}): Promise<unknown> {
-  const file = socketPath(mountpoint)
+  const owner = /(?:^|,)user_id=(\d+)/.exec(mountAt(mountpoint)?.options ?? '')
+  const file = socketPath(mountpoint, owner === null ? undefined : Number(owner[1]))
   const id = nextId++
   return await new Promise((resolve, reject) => {
     const socket = net.createConnection(file)
