@@ -164,7 +164,9 @@ export class Writeback {
       if (small) volume.store.root.transactionSync(apply)
       else {
         volume.store.unflushed = true
-        await volume.store.root.transaction(apply)
+        // A child transaction, because it is rolled back when `apply` throws; lmdb-js commits
+        // what a plain asynchronous transaction wrote before the throw.
+        await volume.store.root.childTransaction(apply)
       }
     } catch (err) {
       // The block ids this commit handed out, the reservation it would have saved, the sector
