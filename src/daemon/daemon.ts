@@ -104,8 +104,8 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     }),
     sync: async () => { await volume.fsync() },
     'snapshot.create': async (args) => await snapshots.create(String(args.name ?? ''), String(args.description ?? '')),
-    'snapshot.list': () => snapshots.list(),
-    'snapshot.show': (args) => snapshots.show(String(args.name ?? '')),
+    'snapshot.list': async () => await snapshots.list(),
+    'snapshot.show': async (args) => await snapshots.show(String(args.name ?? '')),
     'snapshot.delete': async (args) => await snapshots.delete(String(args.name ?? ''), args.wait !== false),
     'snapshot.quota': async (args) => await snapshots.quota(quotaChange(args)),
     unmount: async (args) => {

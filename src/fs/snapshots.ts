@@ -96,12 +96,15 @@ export class Snapshots {
     return view
   }
 
-  list (): SnapshotInfo[] {
+  /** Every snapshot, oldest first, accounted after committing what the volume holds in memory. */
+  async list (): Promise<SnapshotInfo[]> {
+    await this.volume.writeback.commit()
     const list = this.catalogue.map(record => this.info(record))
     return [...list, ...this.creating.values()]
   }
 
-  show (name: string): SnapshotInfo {
+  async show (name: string): Promise<SnapshotInfo> {
+    await this.volume.writeback.commit()
     const pending = this.creating.get(name)
     if (pending !== undefined) return pending
     const record = this.catalogue.find(s => s.name === name)
@@ -166,6 +169,7 @@ export class Snapshots {
   /** Shows, or sets then shows, the volume's snapshot quotas. */
   async quota (change: { maxSnapshots?: number | null, maxSnapshotBytes?: number | null }): Promise<QuotaInfo> {
     const volume = this.volume
+    await volume.writeback.commit()
     if (change.maxSnapshots !== undefined || change.maxSnapshotBytes !== undefined) {
       await volume.writeback.commitWith(() => setQuota(volume.store, volume.record, change), false)
       volume.store.flushed()
