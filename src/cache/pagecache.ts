@@ -215,6 +215,27 @@ export class PageCache {
     return dirty
   }
 
+  /**
+   * Copies bytes [offset, offset + length) of a file of `size` bytes into `into`, page by page,
+   * holes as zeros; returns the count (0 at or past the end).
+   */
+  readInto (ino: number, size: number, offset: number, length: number, into: Buffer): number {
+    if (offset >= size) return 0
+    const end = Math.min(size, offset + length)
+    const bs = this.pageSize
+    let pos = offset
+    while (pos < end) {
+      const index = Math.floor(pos / bs)
+      const within = pos - index * bs
+      const count = Math.min(bs - within, end - pos)
+      const page = this.read(ino, index)
+      if (page === undefined) into.fill(0, pos - offset, pos - offset + count)
+      else page.data.copy(into, pos - offset, within, within + count)
+      pos += count
+    }
+    return end - offset
+  }
+
   /** Drops every clean page and the spare buffers (the cache's owner is going away). */
   dropAll (): void {
     this.evict(this.resident)

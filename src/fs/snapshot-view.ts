@@ -6,7 +6,6 @@
  * delete may have freed.
  */
 import { fail } from '../errors.js'
-import { blockKey } from '../store/keys.js'
 import { SnapshotReader } from '../store/snapshot-reader.js'
 import type { DirentRecord, SnapshotRecord } from '../store/records.js'
 import type { Store } from '../store/store.js'
@@ -103,20 +102,7 @@ export class SnapshotView implements ReadView {
   read (ino: number, offset: number, length: number, into: Buffer): number {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) fail('EISDIR', `inode ${ino}`)
-    if (offset >= inode.size) return 0
-    const end = Math.min(inode.size, offset + length)
-    const bs = this.store.blockSize
-    let pos = offset
-    while (pos < end) {
-      const index = Math.floor(pos / bs)
-      const within = pos - index * bs
-      const count = Math.min(bs - within, end - pos)
-      const page = this.cache.read(ino, index)
-      if (page === undefined) into.fill(0, pos - offset, pos - offset + count)
-      else page.data.copy(into, pos - offset, within, within + count)
-      pos += count
-    }
-    return end - offset
+    return this.cache.readInto(ino, inode.size, offset, length, into)
   }
 
   private entries (ino: number): Map<string, DirentRecord> {
@@ -142,21 +128,17 @@ export class SnapshotView implements ReadView {
   private readStoredBlock (ino: number, index: number, into: Buffer): boolean {
     const map = this.reader.block(ino, index)
     if (map === undefined) return false
-    const stored = this.store.blocks.getBinaryFast(blockKey(map.block))
     this.touched()
-    if (stored === undefined) fail('EIO', `block ${map.block} of inode ${ino} in snapshot ${this.record.name} is missing`)
-    const length = stored.length
-    into.set(stored.subarray(0, length))
-    if (length < into.length) into.fill(0, length)
+    this.store.readBlock(map.block, into, `inode ${ino} in snapshot ${this.record.name}`)
     return true
   }
 
   private prefetchBlocks (ino: number, indexes: number[]): void {
-    const keys: Buffer[] = []
+    const blocks: number[] = []
     for (const index of indexes) {
       const map = this.reader.block(ino, index)
-      if (map !== undefined) keys.push(blockKey(map.block))
+      if (map !== undefined) blocks.push(map.block)
     }
-    if (keys.length > 0) this.store.blocks.prefetch(keys, () => {})
+    this.store.prefetchBlocks(blocks)
   }
 }

@@ -16,7 +16,7 @@
  */
 import createDebug from 'debug'
 import { fail } from '../errors.js'
-import { NAME_MAX, bmapKey, blockKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, prefixRange, volumePrefix } from '../store/keys.js'
+import { NAME_MAX, bmapKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, prefixRange, volumePrefix } from '../store/keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
 import { PageCache } from '../cache/pagecache.js'
@@ -321,26 +321,15 @@ export class LiveVolume {
   read (ino: number, offset: number, length: number, into: Buffer): number {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) fail('EISDIR', `inode ${ino}`)
-    if (offset >= inode.size) return 0
-    const end = Math.min(inode.size, offset + length)
-    const bs = this.blockSize
-    let pos = offset
-    while (pos < end) {
-      const index = Math.floor(pos / bs)
-      const within = pos - index * bs
-      const count = Math.min(bs - within, end - pos)
-      const page = this.cache.read(ino, index)
-      if (page === undefined) into.fill(0, pos - offset, pos - offset + count)
-      else page.data.copy(into, pos - offset, within, within + count)
-      pos += count
-    }
+    const count = this.cache.readInto(ino, inode.size, offset, length, into)
+    if (count === 0) return 0
     const now = Date.now()
     if (inode.atime <= inode.mtime || inode.atime <= inode.ctime || now - inode.atime > RELATIME_MS) {
       inode.atime = now
       this.changes.accessed.add(ino)
       this.changes.touch(now)
     }
-    return end - offset
+    return count
   }
 
   /**
@@ -588,24 +577,18 @@ export class LiveVolume {
     if (this.truncatedAway(ino, index)) return false
     const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
     if (raw === undefined) return false
-    const { block } = decodeBmap(raw)
-    const stored = this.store.blocks.getBinaryFast(blockKey(block))
     this.mapTouched = true
-    if (stored === undefined) fail('EIO', `block ${block} of inode ${ino} is missing`)
-    // getBinaryFast hands back a shared buffer whose byteLength exceeds the value: copy by length.
-    const length = stored.length
-    into.set(stored.subarray(0, length))
-    if (length < into.length) into.fill(0, length)
+    this.store.readBlock(decodeBmap(raw).block, into, `inode ${ino}`)
     return true
   }
 
   private prefetchBlocks (ino: number, indexes: number[]): void {
-    const keys: Buffer[] = []
+    const blocks: number[] = []
     for (const index of indexes) {
       const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
-      if (raw !== undefined) keys.push(blockKey(decodeBmap(raw).block))
+      if (raw !== undefined) blocks.push(decodeBmap(raw).block)
     }
-    if (keys.length > 0) this.store.blocks.prefetch(keys, () => {})
+    this.store.prefetchBlocks(blocks)
   }
 }
 

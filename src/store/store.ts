@@ -19,7 +19,7 @@ import { open, type Database, type RootDatabase } from 'lmdb'
 import createDebug from 'debug'
 import { FsError, UserError } from '../errors.js'
 import { ROOT_INO, type FormatRecord, type InodeRecord, type SnapshotRecord, type VolumeRecord } from './records.js'
-import { Table, birthKey, decodeBmap, decodeInodeKey, inodeKey, sectorsOf } from './keys.js'
+import { Table, birthKey, blockKey, decodeBmap, decodeInodeKey, inodeKey, sectorsOf } from './keys.js'
 import { releaseFileMappings } from '../native.js'
 
 const debug = createDebug('snapfs:store')
@@ -194,6 +194,24 @@ export class Store {
       this.meta.putSync('format', format)
     })
     debug('upgraded %s to format v%d', this.dir, FORMAT_VERSION)
+  }
+
+  /**
+   * Copies block `block` into `into` (a page), zeros after the bytes it stores; EIO if it is
+   * missing. Reads go through the store's map (see releaseMap).
+   */
+  readBlock (block: number, into: Buffer, what: string): void {
+    const stored = this.blocks.getBinaryFast(blockKey(block))
+    if (stored === undefined) throw new FsError('EIO', `block ${block} of ${what} is missing`)
+    // getBinaryFast hands back a shared buffer whose byteLength exceeds the value: copy by length.
+    const length = stored.length
+    into.set(stored.subarray(0, length))
+    if (length < into.length) into.fill(0, length)
+  }
+
+  /** Asks LMDB to bring these blocks into memory in the background. */
+  prefetchBlocks (blocks: number[]): void {
+    if (blocks.length > 0) this.blocks.prefetch(blocks.map(blockKey), () => {})
   }
 
   /** Decodes a record value kept raw in history (encoded by `db`, one of the record databases). */
