@@ -9,8 +9,10 @@ import { call } from './control/client.js'
 import { absoluteMountpoint } from './daemon/mounts.js'
 import { syncMount } from './native.js'
 import type { QuotaInfo, SnapshotInfo } from './fs/snapshots.js'
+import type { DiffEntry } from './fs/diff.js'
 
 export type { QuotaInfo, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
+export type { DiffChange, DiffEntry, DiffType } from './fs/diff.js'
 
 export interface CreateOptions {
   description?: string
@@ -44,6 +46,14 @@ export interface DeleteOptions {
 /** Deletes a snapshot; with `wait` (the default) resolves with the bytes freed once it is gone. */
 export async function deleteSnapshot (mountpoint: string, name: string, options: DeleteOptions = {}): Promise<{ name: string, freed: number }> {
   return await call(absoluteMountpoint(mountpoint), 'snapshot.delete', { name, wait: options.wait !== false }) as { name: string, freed: number }
+}
+
+/**
+ * The paths added, removed, modified and renamed from snapshot `from` to snapshot `to`, or to the
+ * live volume when `to` is left out. Paths are relative to the mount, starting with "/".
+ */
+export async function diffSnapshots (mountpoint: string, from: string, to?: string): Promise<DiffEntry[]> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.diff', { from, to: to ?? null }) as DiffEntry[]
 }
 
 export interface QuotaChange {

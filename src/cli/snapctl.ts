@@ -4,9 +4,10 @@
  * on the mount that holds the current directory, or the one named with -C, through the daemon's
  * control socket (src/api.ts does the talking). Human output by default, --json for scripts.
  */
+import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { createSnapshot, deleteSnapshot, listSnapshots, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, parseSize, runAction } from './common.js'
 
@@ -20,6 +21,7 @@ const program = new Command('snapctl')
     '  snapctl create before-upgrade     freeze the volume as it is now (instant)\n' +
     '  ls .snapshots/before-upgrade      browse it, read-only\n' +
     '  snapctl list                      what each snapshot holds on to\n' +
+    '  snapctl diff before-upgrade       what changed since\n' +
     '  snapctl delete before-upgrade     free what only it holds')
   .option('-C, --mount <path>', 'the mount to act on (default: the snapfs mount holding the current directory)')
   .showHelpAfterError()
@@ -86,6 +88,20 @@ program.command('delete')
     } finally {
       stopProgress()
     }
+  }))
+
+program.command('diff')
+  .description('what changed from snapshot A to snapshot B, or to the live volume: + added, - removed, M modified, R renamed (as zfs diff)')
+  .argument('<a>', 'the older snapshot')
+  .argument('[b]', 'the newer snapshot (default: the live volume)')
+  .option('--json', 'machine-readable output (paths relative to the mount)')
+  .action(async (a: string, b: string | undefined, opts: { json?: boolean }) => runAction('snapctl', async () => {
+    const mnt = mountOf()
+    const entries = await diffSnapshots(mnt, a, b)
+    const full = (p: string): string => path.join(mnt, p)
+    print(opts.json, entries, () => entries.map(e => e.change === 'R'
+      ? `R\t${full(e.path)} -> ${full(e.to ?? '')}\n`
+      : `${e.change}\t${full(e.path)}\n`).join(''))
   }))
 
 program.command('quota')

@@ -12,6 +12,7 @@ import { checkQuota, checkSnapshotName, deleteStep, freezeSnapshot, markDeleting
 import type { SnapshotRecord } from '../store/records.js'
 import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
+import { diffGenerations, type DiffEntry } from './diff.js'
 
 const debug = createDebug('snapfs:snapshots')
 
@@ -166,6 +167,19 @@ export class Snapshots {
     return { name, freed: done === null ? 0 : await done }
   }
 
+  /**
+   * What changed from snapshot `from` to snapshot `to`, or to the live volume (after committing
+   * what it holds in memory) when `to` is undefined.
+   */
+  async diff (from: string, to: string | undefined): Promise<DiffEntry[]> {
+    const volume = this.volume
+    await volume.writeback.commit()
+    const start = this.readyRecord(from)
+    const end = to === undefined ? volume.record.gen : this.readyRecord(to).gen
+    if (end <= start.gen) throw new UserError(`snapshot ${from} is not older than ${to ?? 'the live volume'}`)
+    return diffGenerations(volume.store, volume.record.id, start.gen, end)
+  }
+
   /** Shows, or sets then shows, the volume's snapshot quotas. */
   async quota (change: { maxSnapshots?: number | null, maxSnapshotBytes?: number | null }): Promise<QuotaInfo> {
     const volume = this.volume
@@ -222,6 +236,13 @@ export class Snapshots {
       }
       await new Promise(resolve => setImmediate(resolve))
     }
+  }
+
+  private readyRecord (name: string): SnapshotRecord {
+    const record = this.catalogue.find(s => s.name === name)
+    if (record === undefined) throw new UserError(`no snapshot "${name}"`)
+    if (record.status !== 'ready') throw new UserError(`snapshot ${name} is being deleted`)
+    return record
   }
 
   private onFinished (id: number, resolve: (freed: number) => void): void {

@@ -9,7 +9,8 @@
  * - An inode stays in memory while it has links or open handles; with neither it is deleted
  *   (blocks, xattrs, record) by the next commit. One unlinked while open is an orphan in the store,
  *   so a crash before its last close still frees it at the next mount.
- * - Directory inodes know their parent, and a rename never makes a directory its own ancestor.
+ * - Every inode knows the directory of its newest name (`parent`): for a directory its only one,
+ *   and a rename never makes a directory its own ancestor.
  *
  * Durability: `flush` returns once everything changed so far is committed to the store file;
  * `fsync` once it is also flushed to disk.
@@ -189,6 +190,7 @@ export class LiveVolume {
     const now = Date.now()
     this.addEntry(parent, name, inode, now)
     inode.nlink++
+    inode.parent = parent
     inode.ctime = now
     this.dirtyInode(inode, now)
     return inode
@@ -235,8 +237,8 @@ export class LiveVolume {
     }
     this.removeEntry(oldParent, oldName, now)
     this.addEntry(newParent, newName, inode, now)
+    inode.parent = newParent
     if (movingDir && oldParent !== newParent) {
-      inode.parent = newParent
       const from = this.inode(oldParent)
       const to = this.inode(newParent)
       from.nlink--
@@ -442,10 +444,8 @@ export class LiveVolume {
       opens: 0
     }
     if (target !== undefined) inode.target = target
-    if (isDir(mode)) {
-      inode.parent = parent
-      dir.nlink++
-    }
+    inode.parent = parent
+    if (isDir(mode)) dir.nlink++
     this.inodes.set(ino, inode)
     this.liveInodes++
     this.dirtyInode(inode, now)

@@ -193,6 +193,11 @@ export function deadPrefix (vol: number, death: number): Buffer {
   return snapshotKey(vol, death)
 }
 
+/** vol u32, birth u32: the start of a volume's births entries born at `birth` or later. */
+export function birthPrefix (vol: number, birth: number): Buffer {
+  return snapshotKey(vol, birth)
+}
+
 /** The death, table, head key and birth of a dead-list key. */
 export function decodeDeadKey (key: Buffer): { death: number, table: Table, headKey: Buffer, birth: number } {
   return { death: key.readUInt32BE(4), table: key[8] as Table, headKey: key.subarray(9, key.length - 4), birth: key.readUInt32BE(key.length - 4) }

@@ -21,7 +21,10 @@ export interface InodeRecord {
   blocks: number
   /** Symlink target. */
   target?: string
-  /** Parent directory, for directories only (rename must refuse to move a directory into itself). */
+  /**
+   * The directory holding the inode's newest name: a directory's parent (rename must refuse to
+   * move a directory into itself), and where `diff` looks for a file's name.
+   */
   parent?: number
 }
 
