@@ -10,9 +10,11 @@ import { absoluteMountpoint } from './daemon/mounts.js'
 import { syncMount } from './native.js'
 import type { QuotaInfo, SnapshotInfo } from './fs/snapshots.js'
 import type { DiffEntry } from './fs/diff.js'
+import type { RestoreResult } from './fs/restore.js'
 
 export type { QuotaInfo, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
 export type { DiffChange, DiffEntry, DiffType } from './fs/diff.js'
+export type { RestoreResult } from './fs/restore.js'
 
 export interface CreateOptions {
   description?: string
@@ -54,6 +56,19 @@ export async function deleteSnapshot (mountpoint: string, name: string, options:
  */
 export async function diffSnapshots (mountpoint: string, from: string, to?: string): Promise<DiffEntry[]> {
   return await call(absoluteMountpoint(mountpoint), 'snapshot.diff', { from, to: to ?? null }) as DiffEntry[]
+}
+
+export interface RestoreOptions {
+  /** Where to put it in the live volume (default: the same path), from the mount's root. */
+  to?: string
+}
+
+/**
+ * Brings `path` (from the mount's root, e.g. "/project/src") back from snapshot `name`, sharing
+ * its blocks; an existing file there is replaced, an existing directory refused.
+ */
+export async function restoreFromSnapshot (mountpoint: string, name: string, path: string, options: RestoreOptions = {}): Promise<RestoreResult & { path: string }> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.restore', { name, path, to: options.to ?? null }) as RestoreResult & { path: string }
 }
 
 export interface QuotaChange {

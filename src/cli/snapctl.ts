@@ -7,7 +7,7 @@
 import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, parseSize, runAction } from './common.js'
 
@@ -103,6 +103,28 @@ program.command('diff')
       ? `R\t${full(e.path)} -> ${full(e.to ?? '')}\n`
       : `${e.change}\t${full(e.path)}\n`).join(''))
   }))
+
+program.command('restore')
+  .description('bring a file or directory tree back from a snapshot, sharing its blocks (a file in the way is replaced)')
+  .argument('<name>', 'the snapshot')
+  .argument('<path>', 'what to restore: its path in the mount (relative to the current directory, or absolute)')
+  .option('--to <dest>', 'where to put it instead of its old place')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, target: string, opts: { to?: string, json?: boolean }) => runAction('snapctl', async () => {
+    const mnt = mountOf()
+    const from = inMount(mnt, target)
+    const to = opts.to === undefined ? undefined : inMount(mnt, opts.to)
+    const result = await restoreFromSnapshot(mnt, name, from, { to })
+    print(opts.json, result, () => `restored ${path.join(mnt, from)} from ${name} to ${path.join(mnt, result.path)} ` +
+      `(${result.inodes} inodes, ${result.links} extra links, ${formatBytes(result.bytes)} shared, no data copied)\n`)
+  }))
+
+/** `target` as a path from the mount's root ("/a/b"); a path outside the mount is a UserError. */
+function inMount (mnt: string, target: string): string {
+  const relative = path.relative(mnt, path.resolve(target))
+  if (relative.startsWith('..') || path.isAbsolute(relative)) throw new UserError(`${target} is not inside the mount ${mnt}`)
+  return '/' + relative
+}
 
 program.command('quota')
   .description('show or set the volume\'s snapshot quotas (a count, and the space snapshots may hold)')

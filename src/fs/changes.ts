@@ -5,8 +5,12 @@
  * acknowledged is lost.
  */
 import type { DirentRecord } from '../store/records.js'
+import type { SnapshotReader } from '../store/snapshot-reader.js'
 
 export type DirentChange = Omit<DirentRecord, 'b'> | null
+
+/** A file restored from a snapshot: its blocks are those of `ino` as `reader` sees them. */
+export interface Share { reader: SnapshotReader, ino: number }
 
 export class ChangeSet {
   /** Inodes whose record must be written. */
@@ -24,6 +28,8 @@ export class ChangeSet {
   readonly xattrs = new Map<number, Map<string, Buffer | null>>()
   /** Per inode: the first block index a truncate made a hole from. */
   readonly truncations = new Map<number, number>()
+  /** Per new inode: the snapshot file whose blocks it shares (applied before truncations and pages). */
+  readonly shares = new Map<number, Share>()
   /** Per inode: true when it became an orphan (unlinked while open), false when no longer one. */
   readonly orphans = new Map<number, boolean>()
   /** Whether the volume record (its inode reservation) must be saved. */
@@ -81,6 +87,7 @@ export class ChangeSet {
       }
     }
     for (const [ino, from] of older.truncations) this.truncate(ino, from, older.since)
+    for (const [ino, share] of older.shares) if (!this.shares.has(ino)) this.shares.set(ino, share)
     for (const [ino, orphan] of older.orphans) if (!this.orphans.has(ino)) this.orphans.set(ino, orphan)
     if (older.volume) this.volume = true
     if (!older.empty && (this.since === 0 || older.since < this.since)) this.since = older.since

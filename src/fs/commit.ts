@@ -2,7 +2,9 @@
  * Applies a taken change set and dirty pages to the store, inside the transaction callback that
  * writeback.ts opens. Order matters and is fixed: deletions of whole inodes, then truncations,
  * then data pages (written after the truncations they follow), then directory entries, xattrs,
- * inode records, orphans and the volume's counters. All of it commits together or not at all.
+ * inode records, orphans and the volume's counters. Files restored from a snapshot take their
+ * shared blocks right after the deletions, so later truncations and writes apply over them. All
+ * of it commits together or not at all.
  */
 import { VersionWriter } from '../store/versions.js'
 import { recordOf, type Inode } from './inode.js'
@@ -13,6 +15,7 @@ import type { LiveVolume } from './volume.js'
 /**
  * Applies `changes` and `pages`. Sector counts of inodes change in memory as blocks are stored or
  * dropped; each change is also added to `sectors` (per inode) so a failed commit can undo them.
+ * (A restored file's sectors are set when it is created, so sharing its blocks counts nothing.)
  */
 export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Page[], sectors: Map<number, number>): void {
   const writer = new VersionWriter(volume.store, volume.record)
@@ -26,6 +29,10 @@ export function applyChanges (volume: LiveVolume, changes: ChangeSet, pages: Pag
     writer.removeBlocksFrom(ino, 0)
     writer.removeXattrsOf(ino)
     writer.removeInode(ino)
+  }
+  for (const [ino, share] of changes.shares) {
+    if (changes.removed.has(ino)) continue
+    for (const [index, map] of share.reader.blocks(share.ino)) writer.shareBlock(ino, index, map)
   }
   for (const [ino, from] of changes.truncations) {
     if (changes.removed.has(ino)) continue

@@ -18,7 +18,8 @@ type SnapshotInode = InodeFields & { ino: number }
 export class SnapshotView implements ReadView {
   readonly record: SnapshotRecord
   private readonly store: Store
-  private readonly reader: SnapshotReader
+  /** Reads the store at the snapshot's generation. */
+  readonly reader: SnapshotReader
   private readonly cache: PageCache
   private readonly inodes = new Map<number, SnapshotInode>()
   private readonly dirs = new Map<number, Map<string, DirentRecord>>()

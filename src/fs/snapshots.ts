@@ -13,6 +13,9 @@ import type { SnapshotRecord } from '../store/records.js'
 import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
 import { diffGenerations, type DiffEntry } from './diff.js'
+import { restoreTree, type RestoreResult } from './restore.js'
+import { isDir } from './inode.js'
+import { ROOT_INO } from '../store/records.js'
 
 const debug = createDebug('snapfs:snapshots')
 
@@ -30,6 +33,23 @@ const PRE_FLUSH_ROUNDS = 3
 const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
 /** After a failed delete step (a full disk), the next try waits this long. */
 const DELETE_RETRY_MS = 1000
+
+/** The directory in the mount's root that shows the snapshots (fuse/namespace.ts). */
+export const SNAPSHOT_DIR = '.snapshots'
+
+/** Follows a path ("/a/b") from inode `start` with `step`; a missing part is a UserError. */
+function walk (path: string, start: number, step: (dir: number, name: string) => number, what: string): number {
+  let ino = start
+  for (const part of path.split('/')) {
+    if (part.length === 0) continue
+    try {
+      ino = step(ino, part)
+    } catch {
+      throw new UserError(`${what}: no such file or directory`)
+    }
+  }
+  return ino
+}
 
 export type SnapshotState = 'creating' | 'ready' | 'deleting'
 
@@ -178,6 +198,33 @@ export class Snapshots {
     const end = to === undefined ? volume.record.gen : this.readyRecord(to).gen
     if (end <= start.gen) throw new UserError(`snapshot ${from} is not older than ${to ?? 'the live volume'}`)
     return diffGenerations(volume.store, volume.record.id, start.gen, end)
+  }
+
+  /**
+   * Restores `from` (a path in the snapshot, from the mount's root) to `to` in the live volume
+   * (default: the same path). An existing file or symlink there is replaced; an existing
+   * directory is refused. Resolves once the restored tree is durable.
+   */
+  async restore (name: string, from: string, to: string | undefined): Promise<RestoreResult & { path: string }> {
+    const volume = this.volume
+    const record = this.readyRecord(name)
+    const view = this.view(record.name) as SnapshotView
+    const source = walk(from, ROOT_INO, (dir, part) => view.lookup(dir, part).ino, `${from} in snapshot ${name}`)
+    const target = to ?? from
+    const parts = target.split('/').filter(part => part.length > 0)
+    const leaf = parts.pop()
+    if (leaf === undefined) throw new UserError('cannot restore over the root of the volume; restore its contents one by one or use --to')
+    if (parts[0] === SNAPSHOT_DIR || leaf === SNAPSHOT_DIR && parts.length === 0) throw new UserError(`cannot restore into ${SNAPSHOT_DIR}`)
+    const parent = walk('/' + parts.join('/'), ROOT_INO, (dir, part) => volume.lookup(dir, part).ino, `the directory of ${target}`)
+    const existing = volume.entries(parent).get(leaf)
+    if (existing !== undefined) {
+      if (isDir(existing.type) || isDir(view.inode(source).mode)) throw new UserError(`${target} exists and is or replaces a directory; remove it first or restore with --to`)
+      volume.unlink(parent, leaf)
+    }
+    const result = restoreTree(volume, view, source, parent, leaf)
+    await volume.fsync()
+    debug('restored %s from %s to %s: %d inodes', from, name, target, result.inodes)
+    return { ...result, path: '/' + [...parts, leaf].join('/') }
   }
 
   /** Shows, or sets then shows, the volume's snapshot quotas. */

@@ -21,8 +21,8 @@ import { NAME_MAX, bmapKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, pre
 import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
 import { PageCache } from '../cache/pagecache.js'
-import { ChangeSet } from './changes.js'
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, type Attr, type Inode } from './inode.js'
+import { ChangeSet, type Share } from './changes.js'
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, type Attr, type Inode, type InodeFields } from './inode.js'
 import { Writeback } from './writeback.js'
 
 const debug = createDebug('snapfs:fs')
@@ -78,6 +78,8 @@ export class LiveVolume {
   private nextIno: number
   /** Inodes that exist: counted from the store at start, then kept up to date. */
   private liveInodes: number
+  /** Restored files whose shared blocks are not in the store yet: reads take them from the snapshot. */
+  readonly pendingShares = new Map<number, Share>()
   /** Set while a snapshot is being frozen: writes wait for it. */
   private writesHeld: Promise<void> | null = null
 
@@ -250,6 +252,46 @@ export class LiveVolume {
     this.dirtyInode(inode, now)
   }
 
+  /**
+   * Creates a copy of a snapshot's inode (restore): the same type, mode, owner, times, size,
+   * target and xattrs, with a new number, named `name` in `parent`. A regular file shares the
+   * snapshot file's blocks (`share`) instead of copying its data.
+   */
+  restoreInode (parent: number, name: string, record: InodeFields, xattrs: Map<string, Buffer>, share: Share | null): Inode {
+    const inode = this.createInode(parent, name, record.mode, record.rdev, { uid: record.uid, gid: record.gid }, record.target)
+    if (isDir(inode.mode)) this.dirs.set(inode.ino, new Map())
+    const now = Date.now()
+    inode.size = record.size
+    this.restoreTimes(inode.ino, record)
+    if (share !== null) {
+      inode.blocks = record.blocks
+      this.changes.shares.set(inode.ino, share)
+      this.pendingShares.set(inode.ino, share)
+    }
+    if (xattrs.size > 0) {
+      const attrs = this.xattrsOf(inode.ino)
+      for (const [key, value] of xattrs) {
+        attrs.set(key, value)
+        this.changes.setXattr(inode.ino, key, value, now)
+      }
+    }
+    return inode
+  }
+
+  /** Sets an inode's times as a snapshot had them (a restored directory, once it is filled). */
+  restoreTimes (ino: number, record: { atime: number, mtime: number, ctime: number }): void {
+    const inode = this.inode(ino)
+    inode.atime = record.atime
+    inode.mtime = record.mtime
+    inode.ctime = record.ctime
+    this.dirtyInode(inode, Date.now())
+  }
+
+  /** The shares a commit made durable: their blocks are now read from the store. */
+  sharesCommitted (shares: Map<number, Share>): void {
+    for (const [ino, share] of shares) if (this.pendingShares.get(ino) === share) this.pendingShares.delete(ino)
+  }
+
   // ---- attributes ---------------------------------------------------------------------------
 
   setattr (ino: number, change: AttrChange): Attr {
@@ -413,6 +455,7 @@ export class LiveVolume {
   forget (ino: number): void {
     this.inodes.delete(ino)
     this.xattrs.delete(ino)
+    this.pendingShares.delete(ino)
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -575,18 +618,26 @@ export class LiveVolume {
 
   private readStoredBlock (ino: number, index: number, into: Buffer): boolean {
     if (this.truncatedAway(ino, index)) return false
-    const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
-    if (raw === undefined) return false
+    const block = this.storedBlock(ino, index)
+    if (block === undefined) return false
     this.mapTouched = true
-    this.store.readBlock(decodeBmap(raw).block, into, `inode ${ino}`)
+    this.store.readBlock(block, into, `inode ${ino}`)
     return true
+  }
+
+  /** The block holding block `index` of an inode, from its block map or a pending share. */
+  private storedBlock (ino: number, index: number): number | undefined {
+    const share = this.pendingShares.get(ino)
+    if (share !== undefined) return share.reader.block(share.ino, index)?.block
+    const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
+    return raw === undefined ? undefined : decodeBmap(raw).block
   }
 
   private prefetchBlocks (ino: number, indexes: number[]): void {
     const blocks: number[] = []
     for (const index of indexes) {
-      const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
-      if (raw !== undefined) blocks.push(decodeBmap(raw).block)
+      const block = this.storedBlock(ino, index)
+      if (block !== undefined) blocks.push(block)
     }
     this.store.prefetchBlocks(blocks)
   }

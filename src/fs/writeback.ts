@@ -187,6 +187,7 @@ export class Writeback {
     if (taken === null) return
     const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }
     volume.cache.unpin(pages, seq)
+    volume.sharesCommitted(changes.shares)
     if (pages.length > 0) volume.mapTouched = true
     if (pages.length >= RELEASE_MAP_PAGES) volume.store.releaseMap()
     for (const ino of changes.removed) volume.forget(ino)

@@ -11,14 +11,13 @@
 import { fail } from '../errors.js'
 import { ROOT_INO } from '../store/records.js'
 import type { LiveVolume } from '../fs/volume.js'
-import type { Snapshots } from '../fs/snapshots.js'
+import { SNAPSHOT_DIR, type Snapshots } from '../fs/snapshots.js'
 import type { Attr } from '../fs/inode.js'
 import { S_IFDIR } from '../fs/inode.js'
 import type { DirEntry, ReadView } from '../fs/view.js'
 import { SnapshotView } from '../fs/snapshot-view.js'
 import type { PathTable } from './paths.js'
 
-export const SNAPSHOT_DIR = '.snapshots'
 const PREFIX = '/' + SNAPSHOT_DIR
 
 /** Inode number of `.snapshots`; snapshot roots count down below it (fuse-native carries 32 bits). */

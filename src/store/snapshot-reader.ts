@@ -4,7 +4,7 @@
  * `gen` (heads are alive); otherwise the newest history version born at or before `gen` is, if
  * it died after `gen`. Reads only; every answer is a copy the caller may keep.
  */
-import { Table, bmapKey, decodeBmap, decodeHistoryKey, direntKey, historyKey, inodeKey, nameOfKey, prefixRange, type BmapValue } from './keys.js'
+import { Table, bmapKey, decodeBmap, decodeHistoryKey, direntKey, historyKey, indexOfBmapKey, inodeKey, nameOfKey, prefixRange, type BmapValue } from './keys.js'
 import type { DirentRecord, HistoryRecord, InodeRecord, XattrRecord } from './records.js'
 import type { Database } from 'lmdb'
 import type { Store } from './store.js'
@@ -56,6 +56,23 @@ export class SnapshotReader {
     }
     const raw = this.version(Table.Bmap, key)
     return raw === undefined ? undefined : decodeBmap(raw)
+  }
+
+  /** Every block of an inode at `gen`, by index. */
+  blocks (ino: number): Map<number, BmapValue> {
+    const prefix = inodeKey(this.vol, ino)
+    const blocks = new Map<number, BmapValue>()
+    for (const { key, value } of this.store.bmap.getRange(prefixRange(prefix))) {
+      const map = decodeBmap(value)
+      if (map.birth <= this.gen) blocks.set(indexOfBmapKey(key), map)
+    }
+    const history = Buffer.concat([Buffer.from([Table.Bmap]), prefix])
+    for (const { key, value } of this.store.history.getRange(prefixRange(history))) {
+      const { headKey, birth } = decodeHistoryKey(key)
+      const version = value as HistoryRecord
+      if (birth <= this.gen && version.d > this.gen) blocks.set(indexOfBmapKey(headKey), decodeBmap(version.v))
+    }
+    return blocks
   }
 
   /** The encoded history version of `key` visible at `gen`, if any. */

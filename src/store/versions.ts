@@ -15,7 +15,7 @@
  * Every method must run inside a transaction callback of the store (see fs/commit.ts): reads then
  * see the transaction's own writes, and all of them commit together or not at all.
  */
-import { Table, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, encodeBmap, encodeCount, historyKey, inodeKey, prefixRange, direntKey, sectorsOf, xattrKey } from './keys.js'
+import { Table, type BmapValue, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, encodeBmap, encodeCount, historyKey, inodeKey, prefixRange, direntKey, sectorsOf, xattrKey } from './keys.js'
 import type { DirentRecord, InodeRecord, VolumeRecord, XattrRecord } from './records.js'
 import { BLOCK_RESERVE, type Store } from './store.js'
 
@@ -119,6 +119,22 @@ export class VersionWriter {
     this.addLive(sectorsOf(data.length))
     if (old?.birth !== this.gen) this.store.births.putSync(birthKey(this.vol, this.gen, Table.Bmap, key), EMPTY)
     return sectorsOf(data.length) - oldSectors
+  }
+
+  /**
+   * Makes block `index` of an inode share an existing block (a restore from a snapshot): one more
+   * reference to `map.block`, never a copy. Returns the change in the inode's allocated sectors.
+   */
+  shareBlock (ino: number, index: number, map: BmapValue): number {
+    const removed = this.removeBlock(ino, index)
+    const key = bmapKey(this.vol, ino, index)
+    const refKey = blockKey(map.block)
+    const extra = this.store.refs.get(refKey)
+    this.store.refs.putSync(refKey, encodeCount((extra === undefined ? 0 : decodeCount(extra)) + 1))
+    this.store.bmap.putSync(key, encodeBmap({ block: map.block, birth: this.gen, length: map.length }))
+    this.store.births.putSync(birthKey(this.vol, this.gen, Table.Bmap, key), EMPTY)
+    this.addLive(sectorsOf(map.length))
+    return removed + sectorsOf(map.length)
   }
 
   /** Makes block `index` of an inode a hole. Returns the change in allocated sectors (<= 0). */
