@@ -8,11 +8,11 @@ import { spawnSync } from 'node:child_process'
 import { call } from './control/client.js'
 import { absoluteMountpoint } from './daemon/mounts.js'
 import { syncMount } from './native.js'
-import type { QuotaInfo, SnapshotInfo } from './fs/snapshots.js'
+import type { QuotaInfo, RollbackResult, SnapshotInfo } from './fs/snapshots.js'
 import type { DiffEntry } from './fs/diff.js'
 import type { RestoreResult } from './fs/restore.js'
 
-export type { QuotaInfo, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
+export type { QuotaInfo, RollbackResult, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
 export type { DiffChange, DiffEntry, DiffType } from './fs/diff.js'
 export type { RestoreResult } from './fs/restore.js'
 
@@ -69,6 +69,25 @@ export interface RestoreOptions {
  */
 export async function restoreFromSnapshot (mountpoint: string, name: string, path: string, options: RestoreOptions = {}): Promise<RestoreResult & { path: string }> {
   return await call(absoluteMountpoint(mountpoint), 'snapshot.restore', { name, path, to: options.to ?? null }) as RestoreResult & { path: string }
+}
+
+export interface RollbackOptions {
+  /** Only list what would change. */
+  dryRun?: boolean
+  /** Take a snapshot of the state before (default true). */
+  safetySnapshot?: boolean
+  /** Roll back even with files open on the mount (their descriptors then fail with ESTALE). */
+  force?: boolean
+}
+
+/**
+ * Makes the live volume exactly what snapshot `name` holds, in time proportional to what changed
+ * since, keeping every snapshot (newer ones included).
+ */
+export async function rollbackToSnapshot (mountpoint: string, name: string, options: RollbackOptions = {}): Promise<RollbackResult> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.rollback', {
+    name, dryRun: options.dryRun === true, safety: options.safetySnapshot !== false, force: options.force === true
+  }) as RollbackResult
 }
 
 export interface QuotaChange {

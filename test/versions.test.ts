@@ -32,7 +32,7 @@ async function fresh (t: Test): Promise<{ store: Store, volume: LiveVolume }> {
 
 /** Takes a snapshot: freezes generation g, and the volume writes in g + 1 from now on. */
 async function freeze (volume: LiveVolume, name: string): Promise<void> {
-  await volume.writeback.commitWith(() => freezeSnapshot(volume.store, volume.record, { name, description: '', now: Date.now() }), true)
+  await volume.writeback.commitWith(() => freezeSnapshot(volume.store, volume.record, { name, description: '', now: Date.now() }), { allPages: true })
 }
 
 const count = (store: Store, db: 'history' | 'deadlist' | 'births'): number => store[db].getKeysCount()
@@ -111,9 +111,9 @@ function readSnapshot (volume: LiveVolume, snapshot: string, name: string): Buff
 
 /** Runs a snapshot's delete to the end, `batch` dead-list entries per transaction, `between` after each. */
 async function deleteAll (volume: LiveVolume, name: string, batch: number, between: () => Promise<void> = async () => {}): Promise<number> {
-  const { gen } = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), false)
+  const { gen } = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), { allPages: false })
   for (;;) {
-    const step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, gen, batch), false)
+    const step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, gen, batch), { allPages: false })
     if (step === null || step.finished) return step?.record.freed ?? 0
     await between()
   }

@@ -7,7 +7,7 @@
 import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, parseSize, runAction } from './common.js'
 
@@ -103,6 +103,27 @@ program.command('diff')
       ? `R\t${full(e.path)} -> ${full(e.to ?? '')}\n`
       : `${e.change}\t${full(e.path)}\n`).join(''))
   }))
+
+program.command('rollback')
+  .description('make the volume exactly what a snapshot holds; every snapshot stays, and a safety snapshot of the state before is taken')
+  .argument('<name>', 'the snapshot')
+  .option('--dry-run', 'list what would change, change nothing')
+  .option('--no-safety-snapshot', 'do not snapshot the state before the rollback')
+  .option('--force', 'roll back even with files open on the mount (their descriptors then fail with ESTALE)')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, opts: { dryRun?: boolean, safetySnapshot: boolean, force?: boolean, json?: boolean }) => runAction('snapctl', async () => {
+    const mnt = mountOf()
+    const result = await rollbackToSnapshot(mnt, name, { dryRun: opts.dryRun === true, safetySnapshot: opts.safetySnapshot, force: opts.force === true })
+    print(opts.json, result, () => opts.dryRun === true
+      ? result.changes.map(e => e.change === 'R' ? `R\t${path.join(mnt, e.to ?? '')} -> ${path.join(mnt, e.path)}\n` : `${undo(e.change)}\t${path.join(mnt, e.path)}\n`).join('')
+      : `rolled back to ${name}: ${result.records} records set back in ${result.elapsedMs} ms` +
+        (result.safetySnapshot === null ? '' : `; the state before is snapshot ${result.safetySnapshot}`) + '\n')
+  }))
+
+/** What a rollback does to a path that `diff NAME` reports with `change`. */
+function undo (change: string): string {
+  return change === '+' ? '-' : change === '-' ? '+' : change
+}
 
 program.command('restore')
   .description('bring a file or directory tree back from a snapshot, sharing its blocks (a file in the way is replaced)')

@@ -3,9 +3,10 @@
  * generations of a volume, in the manner of `zfs diff`. The changed records come from the births
  * index and the dead list (store/changed.ts), so the cost follows the changes, not the volume;
  * paths are rebuilt from each inode's `parent` and a search of that directory's entries.
- * An access time alone is not a modification.
+ * An access time alone is not a modification, nor a record rewritten as it was (a rollback, or a
+ * block map entry that shares the same block).
  */
-import { Table, decodeInodeKey, nameOfKey } from '../store/keys.js'
+import { Table, decodeInodeKey, indexOfBmapKey, nameOfKey } from '../store/keys.js'
 import { changedRecords } from '../store/changed.js'
 import { SnapshotReader } from '../store/snapshot-reader.js'
 import { ROOT_INO, type InodeRecord } from '../store/records.js'
@@ -54,7 +55,17 @@ export function diffGenerations (store: Store, vol: number, from: number, to: nu
       const after = newer.reader.inode(ino)
       if (before !== undefined && after !== undefined && sameButAccess(before, after)) continue
       modified.add(ino)
+    } else if (table === Table.Bmap) {
+      const index = indexOfBmapKey(headKey)
+      const before = older.reader.block(ino, index)
+      const after = newer.reader.block(ino, index)
+      if (before?.block === after?.block && before?.length === after?.length) continue
+      modified.add(ino)
     } else {
+      const name = nameOfKey(headKey)
+      const before = older.reader.xattr(ino, name)?.v
+      const after = newer.reader.xattr(ino, name)?.v
+      if (before !== undefined && after !== undefined && Buffer.from(before).equals(Buffer.from(after))) continue
       modified.add(ino)
     }
   }

@@ -14,6 +14,7 @@ import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
 import { diffGenerations, type DiffEntry } from './diff.js'
 import { restoreTree, type RestoreResult } from './restore.js'
+import { rollbackTo } from '../store/rollback.js'
 import { isDir } from './inode.js'
 import { ROOT_INO } from '../store/records.js'
 
@@ -69,6 +70,17 @@ export interface SnapshotInfo {
   written: number
   /** While deleting: dead-list entries handled and to handle. */
   progress?: { done: number, total: number }
+}
+
+export interface RollbackResult {
+  name: string
+  /** The snapshot of the state before, if one was taken. */
+  safetySnapshot: string | null
+  /** Records (inodes, entries, xattrs, block map entries) set back. */
+  records: number
+  /** With a dry run: what would change. */
+  changes: DiffEntry[]
+  elapsedMs: number
 }
 
 export interface QuotaInfo {
@@ -154,7 +166,7 @@ export class Snapshots {
       const release = volume.holdWrites()
       let record: SnapshotRecord
       try {
-        record = await volume.writeback.commitWith(() => freezeSnapshot(volume.store, volume.record, { name, description, now }), true)
+        record = await volume.writeback.commitWith(() => freezeSnapshot(volume.store, volume.record, { name, description, now }), { allPages: true })
       } finally {
         release()
       }
@@ -174,7 +186,7 @@ export class Snapshots {
    */
   async delete (name: string, wait: boolean): Promise<{ name: string, freed: number }> {
     const volume = this.volume
-    const record = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), false)
+    const record = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), { allPages: false })
     volume.store.flushed()
     this.catalogue = snapshotsOf(volume.store, volume.record.id)
     const view = this.views.get(record.gen)
@@ -227,12 +239,47 @@ export class Snapshots {
     return { ...result, path: '/' + [...parts, leaf].join('/') }
   }
 
+  /**
+   * Makes the live volume exactly what snapshot `name` holds, keeping every snapshot. A safety
+   * snapshot of the state before is taken first unless `safety` is false. Refused while files are
+   * open on the mount, unless forced: their descriptors then answer ESTALE. With `dryRun`, only
+   * lists what would change (as `diff NAME`).
+   */
+  async rollback (name: string, options: { dryRun: boolean, safety: boolean, force: boolean }): Promise<RollbackResult> {
+    const volume = this.volume
+    const record = this.readyRecord(name)
+    if (options.dryRun) return { name, safetySnapshot: null, records: 0, changes: await this.diff(name, undefined), elapsedMs: 0 }
+    const open = volume.openHandles()
+    if (open > 0 && !options.force) {
+      throw new UserError(`${open === 1 ? 'a file is' : `${open} files are`} open on the mount; close them, or use --force (their descriptors then fail with ESTALE)`)
+    }
+    const started = performance.now()
+    let safetySnapshot: string | null = null
+    if (options.safety) {
+      safetySnapshot = `${name}.before-rollback.${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}`
+      await this.create(safetySnapshot, `the volume before the rollback to ${name}`)
+    }
+    await volume.writeback.commit()
+    const release = volume.holdWrites()
+    let records: number
+    try {
+      records = await volume.writeback.commitWith(() => rollbackTo(volume.store, volume.record, record.gen), { allPages: true, blocking: true })
+      volume.reload()
+    } finally {
+      release()
+    }
+    volume.store.flushed()
+    const elapsedMs = Math.round(performance.now() - started)
+    debug('rolled back to %s: %d records in %d ms', name, records, elapsedMs)
+    return { name, safetySnapshot, records, changes: [], elapsedMs }
+  }
+
   /** Shows, or sets then shows, the volume's snapshot quotas. */
   async quota (change: { maxSnapshots?: number | null, maxSnapshotBytes?: number | null }): Promise<QuotaInfo> {
     const volume = this.volume
     await volume.writeback.commit()
     if (change.maxSnapshots !== undefined || change.maxSnapshotBytes !== undefined) {
-      await volume.writeback.commitWith(() => setQuota(volume.store, volume.record, change), false)
+      await volume.writeback.commitWith(() => setQuota(volume.store, volume.record, change), { allPages: false })
       volume.store.flushed()
     }
     const record = volume.record
@@ -267,7 +314,7 @@ export class Snapshots {
       if (target === undefined) return
       let step: ReturnType<typeof deleteStep>
       try {
-        step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, target.gen, DELETE_BATCH), false)
+        step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, target.gen, DELETE_BATCH), { allPages: false })
       } catch (err) {
         debug('delete of %s failed, retrying: %s', target.name, (err as Error).message)
         await new Promise(resolve => setTimeout(resolve, DELETE_RETRY_MS))

@@ -78,6 +78,11 @@ export class LiveVolume {
   private nextIno: number
   /** Inodes that exist: counted from the store at start, then kept up to date. */
   private liveInodes: number
+  /**
+   * Counts rollbacks: a file handle opened before the latest one refers to a file that may no
+   * longer be what its name shows, so the adapter answers ESTALE for it.
+   */
+  epoch = 0
   /** Restored files whose shared blocks are not in the store yet: reads take them from the snapshot. */
   readonly pendingShares = new Map<number, Share>()
   /** Set while a snapshot is being frozen: writes wait for it. */
@@ -434,6 +439,28 @@ export class LiveVolume {
   async fsync (): Promise<void> {
     await this.writeback.commit()
     this.store.flushed()
+  }
+
+  /** Open handles on live files (a rollback refuses to run under them unless forced). */
+  openHandles (): number {
+    let count = 0
+    for (const inode of this.inodes.values()) count += inode.opens
+    return count
+  }
+
+  /**
+   * Forgets everything held in memory and reads the volume from the store again: after a
+   * rollback changed the store under it. Call only when nothing is waiting for a commit.
+   */
+  reload (): void {
+    if (!this.clean) throw new Error('reload with uncommitted changes')
+    this.inodes.clear()
+    this.dirs.clear()
+    this.xattrs.clear()
+    this.pendingShares.clear()
+    this.cache.dropAll()
+    this.liveInodes = this.store.inodes.getKeysCount(prefixRange(volumePrefix(this.record.id)))
+    this.epoch++
   }
 
   /** Inodes in the volume (statfs reports it as files in use). */

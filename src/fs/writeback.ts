@@ -102,12 +102,15 @@ export class Writeback {
   /**
    * Commits every pending change and, with `allPages`, every dirty page (else a commit's worth),
    * then runs `step` in the same transaction; resolves with its result once committed. Waits for
-   * the commit under way; later commits wait for this one.
+   * the commit under way; later commits wait for this one. With `blocking`, the transaction is
+   * synchronous: no file operation runs between taking the changes and the commit, nor between
+   * the commit and the caller's next step (a rollback reloads the volume there).
    */
-  async commitWith<T> (step: () => T, allPages: boolean): Promise<T> {
+  async commitWith<T> (step: () => T, options: { allPages: boolean, blocking?: boolean }): Promise<T> {
     while (this.running !== null) await this.running.catch(() => {})
     let result: T | undefined
-    this.running = this.run(allPages ? Infinity : this.commitPages, () => { result = step() }).finally(() => { this.running = null })
+    const pages = options.allPages ? Infinity : this.commitPages
+    this.running = this.run(pages, () => { result = step() }, options.blocking === true).finally(() => { this.running = null })
     await this.running
     return result as T
   }
@@ -139,7 +142,7 @@ export class Writeback {
     if (metaAge >= this.dirtyAgeMs || cache.oldestDirtyAge(now) >= this.dirtyAgeMs) this.start()
   }
 
-  private async run (pageLimit: number, step?: () => void): Promise<void> {
+  private async run (pageLimit: number, step?: () => void, blocking = false): Promise<void> {
     const seq = ++this.seq
     const volume = this.volume
     let taken: { changes: ChangeSet, pages: Page[] } | null = null
@@ -161,7 +164,7 @@ export class Writeback {
     try {
       const small = step === undefined && volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
         volume.changes.inodes.size + volume.changes.removed.size <= SYNC_COMMIT_INODES
-      if (small) volume.store.root.transactionSync(apply)
+      if (small || blocking) volume.store.root.transactionSync(apply)
       else {
         volume.store.unflushed = true
         // A child transaction, because it is rolled back when `apply` throws; lmdb-js commits

@@ -27,7 +27,8 @@ const O_ACCMODE = 3
 /** Times below this many ms are libfuse's UTIME_NOW/UTIME_OMIT markers, not real times. */
 const SPECIAL_TIME_MS = 2000
 
-interface Handle { view: ReadView, ino: number, append: boolean, writable: boolean }
+/** An open file: where it lives, and the volume's rollback epoch when it was opened. */
+interface Handle { view: ReadView, ino: number, append: boolean, writable: boolean, epoch: number }
 
 /** fuse-native handles are 32-bit; they are reused only after 2^32 opens. */
 class HandleTable {
@@ -94,12 +95,14 @@ export function mountOps (volume: LiveVolume, snapshots: Snapshots, options: Ops
   }
   const located = (path: string, fh?: number): { view: ReadView, ino: number, writable: boolean } => {
     const handle = fh === undefined || fh === 0 ? undefined : handles.get(fh)
-    return handle ?? names.locate(path)
+    if (handle === undefined) return names.locate(path)
+    if (handle.view === volume && handle.epoch !== volume.epoch) fail('ESTALE', 'the file was opened before a rollback')
+    return handle
   }
   const openHandle = (at: { view: ReadView, ino: number, writable: boolean }, flags: number): number => {
     if (!at.writable && ((flags & O_ACCMODE) !== 0 || (flags & O_TRUNC) !== 0)) fail('EROFS', 'snapshots are read-only')
     at.view.open(at.ino)
-    return handles.add({ ...at, append: (flags & O_APPEND) !== 0 && (flags & O_ACCMODE) !== 0 })
+    return handles.add({ ...at, append: (flags & O_APPEND) !== 0 && (flags & O_ACCMODE) !== 0, epoch: volume.epoch })
   }
   /** The live inode an open handle (or else `path`) refers to, refusing snapshot handles. */
   const liveInoOf = (path: string, fh: number): number => {
@@ -216,6 +219,8 @@ export function mountOps (volume: LiveVolume, snapshots: Snapshots, options: Ops
       volume.write(ino, at, length === buf.length ? buf : buf.subarray(0, length)).then(cb, err => cb(negativeErrno('write', err)))
     },
     flush: (path: string, fh: number, cb: Cb) => later('flush', cb, async () => {
+      const handle = handles.get(fh)
+      if (handle !== undefined && handle.epoch !== volume.epoch) return
       const at = located(path, fh)
       if (at.writable) await volume.flush(at.ino)
     }),

@@ -4,7 +4,7 @@
  * `gen` (heads are alive); otherwise the newest history version born at or before `gen` is, if
  * it died after `gen`. Reads only; every answer is a copy the caller may keep.
  */
-import { Table, bmapKey, decodeBmap, decodeHistoryKey, direntKey, historyKey, indexOfBmapKey, inodeKey, nameOfKey, prefixRange, type BmapValue } from './keys.js'
+import { Table, bmapKey, decodeBmap, decodeHistoryKey, direntKey, historyKey, indexOfBmapKey, inodeKey, nameOfKey, prefixRange, xattrKey, type BmapValue } from './keys.js'
 import type { DirentRecord, HistoryRecord, InodeRecord, XattrRecord } from './records.js'
 import type { Database } from 'lmdb'
 import type { Store } from './store.js'
@@ -32,6 +32,13 @@ export class SnapshotReader {
     const head = this.store.dirents.get(key) as DirentRecord | undefined
     if (head !== undefined && head.b <= this.gen) return head
     return this.decoded<DirentRecord>(Table.Dirent, key, this.store.dirents)
+  }
+
+  xattr (ino: number, name: Buffer): XattrRecord | undefined {
+    const key = xattrKey(this.vol, ino, name)
+    const head = this.store.xattrs.get(key) as XattrRecord | undefined
+    if (head !== undefined && head.b <= this.gen) return head
+    return this.decoded<XattrRecord>(Table.Xattr, key, this.store.xattrs)
   }
 
   /** The entries of a directory at `gen`, by name. */
