@@ -90,6 +90,16 @@ export async function rollbackToSnapshot (mountpoint: string, name: string, opti
   }) as RollbackResult
 }
 
+/**
+ * Creates volume `volume` in the same store as a clone of snapshot `name`: it starts as the
+ * snapshot's content and shares every block with it. Mount it with
+ * `snapfs mount STORE --volume VOLUME MOUNTPOINT` once the copy of its records is done (`wait`,
+ * the default, resolves then with the number of inodes).
+ */
+export async function cloneSnapshot (mountpoint: string, name: string, volume: string, options: { wait?: boolean } = {}): Promise<{ volume: string, origin: string, records: number }> {
+  return await call(absoluteMountpoint(mountpoint), 'snapshot.clone', { name, volume, wait: options.wait !== false }) as { volume: string, origin: string, records: number }
+}
+
 export interface QuotaChange {
   /** Most snapshots the volume may have; null lifts the limit. */
   maxCount?: number | null

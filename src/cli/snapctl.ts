@@ -7,7 +7,7 @@
 import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, parseSize, runAction } from './common.js'
 
@@ -146,6 +146,19 @@ function inMount (mnt: string, target: string): string {
   if (relative.startsWith('..') || path.isAbsolute(relative)) throw new UserError(`${target} is not inside the mount ${mnt}`)
   return '/' + relative
 }
+
+program.command('clone')
+  .description('create a new volume in the same store that starts as the snapshot\'s content, sharing its blocks')
+  .argument('<name>', 'the snapshot')
+  .argument('<volume>', 'the new volume\'s name (mount it with: snapfs mount STORE --volume VOLUME DIR)')
+  .option('--no-wait', 'return before the copy of its records is done')
+  .option('--json', 'machine-readable output')
+  .action(async (name: string, volume: string, opts: { wait: boolean, json?: boolean }) => runAction('snapctl', async () => {
+    const result = await cloneSnapshot(mountOf(), name, volume, { wait: opts.wait })
+    print(opts.json, result, () => opts.wait
+      ? `created volume ${volume} from snapshot ${name} (${result.records} inodes, every block shared)\n`
+      : `creating volume ${volume} from snapshot ${name} in the background\n`)
+  }))
 
 program.command('quota')
   .description('show or set the volume\'s snapshot quotas (a count, and the space snapshots may hold)')

@@ -15,6 +15,8 @@ import { runDaemon } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
+import { promote } from '../store/clone.js'
+import { acquireVolumeLock } from '../daemon/lock.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
 import { syncMount } from '../native.js'
 import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
@@ -119,6 +121,55 @@ program.command('info')
     for (const volume of volumes) {
       process.stdout.write(`volume      ${volume.name} (generation ${volume.gen}, ${volume.inodes} inodes, ${volume.snapshots} snapshots, ${formatBytes(volume.used)} used, ${formatBytes(volume.snapshotBytes)} held by snapshots)\n`)
     }
+  }))
+
+program.command('volumes')
+  .description('list the volumes of a store: space, snapshots, and the snapshot a clone came from')
+  .argument('[store]')
+  .option('--json', 'machine-readable output')
+  .action(async (storeArg: string | undefined, opts: { json?: boolean }) => runAction('snapfs', async () => {
+    const store = Store.open(storeArg ?? defaultStore())
+    const names = new Map<number, string>()
+    for (const { value } of store.volumes.getRange()) names.set(value.id, value.name)
+    const volumes = [...store.volumes.getRange()].map(({ value }) => ({
+      name: value.name,
+      id: value.id,
+      used: value.used,
+      heldBySnapshots: value.snapshotBytes,
+      snapshots: store.snapshots.getKeysCount(prefixRange(volumePrefix(value.id))),
+      origin: value.origin === undefined ? null : `${names.get(value.origin.volume) ?? value.origin.volume}@${value.origin.snapshot}`,
+      status: value.cloning === undefined ? 'ready' : 'cloning'
+    }))
+    await store.close()
+    if (opts.json === true) {
+      process.stdout.write(JSON.stringify(volumes, null, 2) + '\n')
+      return
+    }
+    const rows = [['NAME', 'USED', 'SNAPSHOTS', 'HELD BY SNAPSHOTS', 'ORIGIN', 'STATUS'],
+      ...volumes.map(v => [v.name, formatBytes(v.used), String(v.snapshots), formatBytes(v.heldBySnapshots), v.origin ?? '-', v.status])]
+    const widths = rows[0].map((_, column) => Math.max(...rows.map(row => row[column].length)))
+    process.stdout.write(rows.map(row => row.map((cell, column) => column === row.length - 1 ? cell : cell.padEnd(widths[column])).join('  ')).join('\n') + '\n')
+  }))
+
+program.command('promote')
+  .description('detach a clone from the snapshot it came from, so that snapshot can be deleted (the clone keeps its data)')
+  .argument('[store]')
+  .argument('<volume>')
+  .action(async (first: string, second: string | undefined) => runAction('snapfs', async () => {
+    const storeDir = second === undefined ? defaultStore() : first
+    const name = second ?? first
+    const store = Store.open(storeDir)
+    try {
+      const release = acquireVolumeLock(store.dir, name)
+      try {
+        store.root.transactionSync(() => { promote(store, name) })
+      } finally {
+        release()
+      }
+    } finally {
+      await store.close()
+    }
+    process.stdout.write(`volume ${name} no longer depends on a snapshot\n`)
   }))
 
 program.command('check')

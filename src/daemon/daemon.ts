@@ -55,7 +55,13 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
   prepareMountpoint(mountpoint)
   const store = Store.open(options.store)
   const releaseLock = acquireVolumeLock(store.dir, options.volume)
-  const volume = new LiveVolume(store, store.volume(options.volume), { cacheBytes: options.cacheBytes, dirtyAgeMs: options.dirtyAgeMs })
+  const record = store.volume(options.volume)
+  if (record.cloning !== undefined) {
+    releaseLock()
+    await store.close()
+    throw new UserError(`volume ${options.volume} is still being cloned from snapshot ${record.origin?.snapshot ?? '?'}; mount its origin volume to let the copy finish`)
+  }
+  const volume = new LiveVolume(store, record, { cacheBytes: options.cacheBytes, dirtyAgeMs: options.dirtyAgeMs })
   const orphans = await volume.recoverOrphans()
   if (orphans > 0) log(`freed ${orphans} files left open and unlinked by an earlier daemon`)
   volume.writeback.startTimer()
@@ -112,6 +118,7 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     'snapshot.rollback': async (args) => await snapshots.rollback(String(args.name ?? ''), {
       dryRun: args.dryRun === true, safety: args.safety !== false, force: args.force === true
     }),
+    'snapshot.clone': async (args) => await snapshots.clone(String(args.name ?? ''), String(args.volume ?? ''), args.wait !== false),
     'snapshot.quota': async (args) => await snapshots.quota(quotaChange(args)),
     unmount: async (args) => {
       await shutdown(args.force === true)

@@ -9,12 +9,14 @@ import { performance } from 'node:perf_hooks'
 import createDebug from 'debug'
 import { UserError } from '../errors.js'
 import { checkQuota, checkSnapshotName, deleteStep, freezeSnapshot, markDeleting, setQuota, snapshotsOf, usedBytes } from '../store/snapshots.js'
-import type { SnapshotRecord } from '../store/records.js'
+import type { SnapshotRecord, VolumeRecord } from '../store/records.js'
 import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
 import { diffGenerations, type DiffEntry } from './diff.js'
 import { restoreTree, type RestoreResult } from './restore.js'
 import { rollbackTo } from '../store/rollback.js'
+import { beginClone, cloneStep } from '../store/clone.js'
+import { prefixRange, volumePrefix } from '../store/keys.js'
 import { isDir } from './inode.js'
 import { ROOT_INO } from '../store/records.js'
 
@@ -32,8 +34,10 @@ const KEPT_VIEWS = 4
 const PRE_FLUSH_ROUNDS = 3
 /** Below this much dirty data a create holds writes at once. */
 const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
-/** After a failed delete step (a full disk), the next try waits this long. */
-const DELETE_RETRY_MS = 1000
+/** Records one clone step copies. */
+const CLONE_BATCH = 1024
+/** After a failed background step (a full disk), the next try waits this long. */
+const RETRY_MS = 1000
 
 /** The directory in the mount's root that shows the snapshots (fuse/namespace.ts). */
 export const SNAPSHOT_DIR = '.snapshots'
@@ -97,7 +101,8 @@ export class Snapshots {
   private catalogue: SnapshotRecord[]
   private readonly creating = new Map<string, SnapshotInfo>()
   private readonly views = new Map<number, SnapshotView>()
-  private readonly finished = new Map<number, Array<(freed: number) => void>>()
+  /** Who waits for a background job: a delete by snapshot id, a clone by minus its volume id. */
+  private readonly finished = new Map<number, Array<(value: number) => void>>()
   private worker: Promise<void> | null = null
   private stopped = false
 
@@ -291,45 +296,85 @@ export class Snapshots {
     }
   }
 
-  /** Starts the background delete worker if a snapshot is waiting to be deleted. */
+  /**
+   * Creates volume `volumeName` as a clone of snapshot `name`: its records are copied in the
+   * background, sharing every block. With `wait`, resolves once the clone can be mounted.
+   */
+  async clone (name: string, volumeName: string, wait: boolean): Promise<{ volume: string, origin: string, records: number }> {
+    const volume = this.volume
+    const record = this.readyRecord(name)
+    const clone = await volume.writeback.commitWith(() => beginClone(volume.store, volume.record, record, volumeName, Date.now()), { allPages: false })
+    volume.store.flushed()
+    const done = wait ? new Promise<number>(resolve => this.onFinished(-clone.id, resolve)) : null
+    this.resume()
+    return { volume: volumeName, origin: name, records: done === null ? 0 : await done }
+  }
+
+  /** Starts the background worker if a snapshot is being deleted or a clone copied. */
   resume (): void {
     if (this.worker !== null || this.stopped) return
-    if (!this.catalogue.some(s => s.status === 'deleting')) return
+    if (!this.catalogue.some(s => s.status === 'deleting') && this.cloning() === undefined) return
     this.worker = this.work().finally(() => {
       this.worker = null
       this.resume()
     })
   }
 
-  /** Stops the delete worker after its current step (shutdown); the delete resumes next mount. */
+  /** Stops the worker after its current step (shutdown); the work resumes at the next mount. */
   async stop (): Promise<void> {
     this.stopped = true
     await this.worker
   }
 
+  /** A clone of one of this volume's snapshots that is still being copied. */
+  private cloning (): VolumeRecord | undefined {
+    for (const { value } of this.volume.store.volumes.getRange()) {
+      if (value.cloning !== undefined && value.origin?.volume === this.volume.record.id) return value
+    }
+    return undefined
+  }
+
   private async work (): Promise<void> {
-    const volume = this.volume
     while (!this.stopped) {
       const target = this.catalogue.find(s => s.status === 'deleting')
-      if (target === undefined) return
-      let step: ReturnType<typeof deleteStep>
+      const clone = target === undefined ? this.cloning() : undefined
+      if (target === undefined && clone === undefined) return
       try {
-        step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, target.gen, DELETE_BATCH), { allPages: false })
+        if (target !== undefined) await this.deleteSome(target)
+        else if (clone !== undefined) await this.cloneSome(clone)
       } catch (err) {
-        debug('delete of %s failed, retrying: %s', target.name, (err as Error).message)
-        await new Promise(resolve => setTimeout(resolve, DELETE_RETRY_MS))
-        continue
-      }
-      this.catalogue = snapshotsOf(volume.store, volume.record.id)
-      if (step === null || step.finished) {
-        volume.store.flushed()
-        const freed = step?.record.freed ?? 0
-        debug('deleted %s, freed %d bytes', target.name, freed)
-        for (const resolve of this.finished.get(target.id) ?? []) resolve(freed)
-        this.finished.delete(target.id)
+        debug('background work failed, retrying: %s', (err as Error).message)
+        await new Promise(resolve => setTimeout(resolve, RETRY_MS))
       }
       await new Promise(resolve => setImmediate(resolve))
     }
+  }
+
+  private async deleteSome (target: SnapshotRecord): Promise<void> {
+    const volume = this.volume
+    const step = await volume.writeback.commitWith(() => deleteStep(volume.store, volume.record, target.gen, DELETE_BATCH), { allPages: false })
+    this.catalogue = snapshotsOf(volume.store, volume.record.id)
+    if (step === null || step.finished) {
+      volume.store.flushed()
+      const freed = step?.record.freed ?? 0
+      debug('deleted %s, freed %d bytes', target.name, freed)
+      this.finish(target.id, freed)
+    }
+  }
+
+  private async cloneSome (clone: VolumeRecord): Promise<void> {
+    const volume = this.volume
+    const after = await volume.writeback.commitWith(() => cloneStep(volume.store, clone.id, CLONE_BATCH), { allPages: false })
+    if (after.cloning === undefined) {
+      volume.store.flushed()
+      debug('cloned %s', clone.name)
+      this.finish(-clone.id, volume.store.inodes.getKeysCount(prefixRange(volumePrefix(clone.id))))
+    }
+  }
+
+  private finish (key: number, value: number): void {
+    for (const resolve of this.finished.get(key) ?? []) resolve(value)
+    this.finished.delete(key)
   }
 
   private readyRecord (name: string): SnapshotRecord {

@@ -54,6 +54,13 @@ export function volumePrefix (vol: number): Buffer {
   return key
 }
 
+/** The same record key in volume `vol` (a clone's copy of it). */
+export function withVolume (key: Buffer, vol: number): Buffer {
+  const copy = Buffer.from(key)
+  copy.writeUInt32BE(vol, 0)
+  return copy
+}
+
 /** The volume and inode of a key that starts with vol u32, ino u64 (inodes, dirents, xattrs, bmap, orphans). */
 export function decodeInodeKey (key: Buffer): { vol: number, ino: number } {
   return { vol: key.readUInt32BE(0), ino: readU64(key, 4) }

@@ -69,6 +69,10 @@ export interface VolumeRecord {
   maxSnapshots: number | null
   /** Most bytes its snapshots may hold (`snapshotBytes`) for a new one to be created, null for no limit. */
   maxSnapshotBytes: number | null
+  /** For a clone: the snapshot it started from (until promoted). */
+  origin?: { volume: number, snapshot: string, gen: number }
+  /** Set while a clone is being copied: how far (store/clone.ts). */
+  cloning?: { phase: number, key?: Buffer }
 }
 
 /** What a snapshot is doing: `ready` to browse, or `deleting` in the background. */
@@ -89,11 +93,15 @@ export interface SnapshotRecord {
   refer: number
   /** Bytes of data written between the previous snapshot and this one. */
   written: number
-  /** While deleting: the last dead-list key handled, entries handled, entries to handle, bytes freed. */
+  /**
+   * While deleting: the last dead-list key handled, entries handled, entries to handle, bytes
+   * freed (blocks no one else references) and bytes of data versions dropped.
+   */
   cursor?: Buffer
   done?: number
   total?: number
   freed?: number
+  dropped?: number
   /** While deleting: the volume's generation when the delete began. */
   deleteGen?: number
 }

@@ -82,6 +82,19 @@ export class SnapshotReader {
     return blocks
   }
 
+  /** The encoded version of record `key` of `table` visible at `gen`, if any. */
+  encoded (table: Table, key: Buffer): Buffer | undefined {
+    if (table === Table.Bmap) {
+      const head = this.store.bmap.get(key)
+      if (head !== undefined && decodeBmap(head).birth <= this.gen) return Buffer.from(head)
+      return this.version(table, key)
+    }
+    const db = table === Table.Inode ? this.store.inodes : table === Table.Dirent ? this.store.dirents : this.store.xattrs
+    const head = db.get(key) as { b: number } | undefined
+    if (head !== undefined && head.b <= this.gen) return Buffer.from(db.getBinary(key) as Buffer)
+    return this.version(table, key)
+  }
+
   /** The encoded history version of `key` visible at `gen`, if any. */
   private version (table: Table, key: Buffer): Buffer | undefined {
     const range = { start: historyKey(table, key, this.gen), end: historyKey(table, key, 0), reverse: true, limit: 1 }

@@ -21,6 +21,7 @@ import { Table, birthKey, deadPrefix, decodeBmap, decodeDeadKey, historyKey, pre
 import type { HistoryRecord, SnapshotRecord, VolumeRecord } from './records.js'
 import type { Store } from './store.js'
 import { releaseBlock } from './versions.js'
+import { clonesOf } from './clone.js'
 
 /** Refuses a name that cannot be a directory entry under `.snapshots/`. */
 export function checkSnapshotName (name: string): void {
@@ -131,6 +132,8 @@ export function markDeleting (store: Store, volume: VolumeRecord, name: string):
   const list = snapshotsOf(store, volume.id)
   const record = findSnapshot(store, volume.id, name)
   if (record.status === 'deleting') return record
+  const clones = clonesOf(store, volume.id, record.gen)
+  if (clones.length > 0) throw new UserError(`snapshot ${name} has clones (${clones.join(', ')}); delete or promote them first`)
   const { next } = neighbours(list, record.gen, volume)
   const total = store.deadlist.getKeysCount({ start: deadPrefix(volume.id, record.gen + 1), end: deadPrefix(volume.id, next + 1) })
   const marked: SnapshotRecord = { ...record, status: 'deleting', done: 0, total, freed: 0, deleteGen: volume.gen }
@@ -150,9 +153,8 @@ export function deleteStep (store: Store, volume: VolumeRecord, gen: number, lim
   const { prev, next } = neighbours(list, gen, volume)
   const start = record.cursor === undefined ? deadPrefix(volume.id, gen + 1) : Buffer.concat([record.cursor, Buffer.from([0])])
   const keys = [...store.deadlist.getKeys({ start, end: deadPrefix(volume.id, next + 1), limit })] as Buffer[]
-  let freed = 0
-  for (const key of keys) freed += freeIfYounger(store, volume, key, prev)
-  const updated: SnapshotRecord = { ...record, done: (record.done ?? 0) + keys.length, freed: (record.freed ?? 0) + freed }
+  const updated: SnapshotRecord = { ...record, done: (record.done ?? 0) + keys.length }
+  for (const key of keys) freeIfYounger(store, volume, key, prev, updated)
   if (keys.length === limit) {
     updated.cursor = keys[keys.length - 1]
     store.snapshots.putSync(snapshotKey(volume.id, gen), updated)
@@ -164,12 +166,12 @@ export function deleteStep (store: Store, volume: VolumeRecord, gen: number, lim
   const deleteGen = record.deleteGen ?? volume.gen
   if (deleteGen <= next) {
     for (const key of [...store.deadlist.getKeys({ start: deadPrefix(volume.id, deleteGen), end: deadPrefix(volume.id, deleteGen + 1) })] as Buffer[]) {
-      updated.freed = (updated.freed ?? 0) + freeIfYounger(store, volume, key, prev)
+      freeIfYounger(store, volume, key, prev, updated)
     }
   }
   store.snapshots.removeSync(snapshotKey(volume.id, gen))
   // The data this snapshot wrote and a later state still holds becomes part of what came next.
-  const carried = record.written - (updated.freed ?? 0)
+  const carried = record.written - (updated.dropped ?? 0)
   const following = list.find(s => s.gen === next)
   if (following !== undefined) {
     store.snapshots.putSync(snapshotKey(volume.id, next), { ...following, written: following.written + carried })
@@ -181,22 +183,25 @@ export function deleteStep (store: Store, volume: VolumeRecord, gen: number, lim
   return { record: updated, finished: true }
 }
 
-/** Frees the version of a dead-list entry if it was born after `prev`; returns the bytes freed. */
-function freeIfYounger (store: Store, volume: VolumeRecord, key: Buffer, prev: number): number {
+/**
+ * Drops the version of a dead-list entry if it was born after `prev`, counting in `record` the
+ * bytes freed (blocks no one else references) and the bytes of data versions dropped.
+ */
+function freeIfYounger (store: Store, volume: VolumeRecord, key: Buffer, prev: number, record: SnapshotRecord): void {
   const { table, headKey, birth } = decodeDeadKey(key)
-  if (birth <= prev) return 0
-  const bytes = exclusiveBytes(store, table, headKey, birth)
+  if (birth <= prev) return
+  record.freed = (record.freed ?? 0) + exclusiveBytes(store, table, headKey, birth)
   const hkey = historyKey(table, headKey, birth)
   const version = store.history.get(hkey) as HistoryRecord | undefined
   if (table === Table.Bmap && version !== undefined) {
     const map = decodeBmap(version.v)
     releaseBlock(store, map.block)
     volume.snapshotBytes -= sectorsOf(map.length) * 512
+    record.dropped = (record.dropped ?? 0) + sectorsOf(map.length) * 512
   }
   store.history.removeSync(hkey)
   store.deadlist.removeSync(key)
   store.births.removeSync(birthKey(volume.id, birth, table, headKey))
-  return bytes
 }
 
 /** Sets the volume's snapshot quotas (null lifts one). */

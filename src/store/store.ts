@@ -75,9 +75,9 @@ export class Store {
   nextBlock: number
   private mapReleaseUnavailable = false
   /**
-   * Block ids below this are reserved (saved as "nextBlock"); a commit that hands out the last one
-   * reserves the next BLOCK_RESERVE, so most commits need not rewrite the counter. Ids reserved
-   * but never used are skipped after a restart.
+   * Block ids below this are reserved for this process (the store saves the end of the newest
+   * reservation as "nextBlock"); a commit that needs an id past it reserves BLOCK_RESERVE more,
+   * so most commits need not rewrite the counter. Ids reserved but never used are skipped.
    */
   blockCeiling: number
 

@@ -108,11 +108,7 @@ export class VersionWriter {
       this.addLive(sectorsOf(data.length) - oldSectors)
       return sectorsOf(data.length) - oldSectors
     }
-    const block = this.store.nextBlock++
-    if (this.store.nextBlock > this.store.blockCeiling) {
-      this.store.blockCeiling = block + BLOCK_RESERVE
-      this.allocated = true
-    }
+    const block = this.allocateBlock()
     this.store.blocks.putSync(blockKey(block), data)
     if (old !== undefined) this.retireBlockHead(key, old.block, old.birth, raw as Buffer, true)
     this.store.bmap.putSync(key, encodeBmap({ block, birth: this.gen, length: data.length }))
@@ -135,6 +131,21 @@ export class VersionWriter {
     this.store.births.putSync(birthKey(this.vol, this.gen, Table.Bmap, key), EMPTY)
     this.addLive(sectorsOf(map.length))
     return removed + sectorsOf(map.length)
+  }
+
+  /**
+   * A new block id from this process's reservation. A new reservation starts past the one saved
+   * in the store, read in this transaction: daemons of other volumes share the store and reserve
+   * their own ranges.
+   */
+  private allocateBlock (): number {
+    if (this.store.nextBlock >= this.store.blockCeiling) {
+      const saved = (this.store.meta.get('nextBlock') as number | undefined) ?? 1
+      this.store.nextBlock = Math.max(this.store.nextBlock, saved)
+      this.store.blockCeiling = this.store.nextBlock + BLOCK_RESERVE
+      this.allocated = true
+    }
+    return this.store.nextBlock++
   }
 
   /** Makes block `index` of an inode a hole. Returns the change in allocated sectors (<= 0). */
