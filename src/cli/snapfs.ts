@@ -15,7 +15,7 @@ import { runDaemon } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
-import { promote } from '../store/clone.js'
+import { beginVolumeDelete, promote, volumeDeleteStep } from '../store/clone.js'
 import { acquireVolumeLock } from '../daemon/lock.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
 import { syncMount } from '../native.js'
@@ -24,6 +24,8 @@ import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from '
 const DEFAULT_CACHE = '256M'
 const DEFAULT_DIRTY_AGE = '2s'
 const MOUNT_WAIT_MS = 30_000
+/** Records one transaction of `delete-volume` removes. */
+const VOLUME_DELETE_BATCH = 4096
 
 const program = new Command('snapfs')
   .description('A file system with instant, incremental, browsable snapshots.\n\n' +
@@ -170,6 +172,29 @@ program.command('promote')
       await store.close()
     }
     process.stdout.write(`volume ${name} no longer depends on a snapshot\n`)
+  }))
+
+program.command('delete-volume')
+  .description('delete an unmounted volume (a clone no longer wanted) with its snapshots, freeing the blocks only it references')
+  .argument('[store]')
+  .argument('<volume>')
+  .action(async (first: string, second: string | undefined) => runAction('snapfs', async () => {
+    const storeDir = second === undefined ? defaultStore() : first
+    const name = second ?? first
+    const store = Store.open(storeDir)
+    try {
+      const release = acquireVolumeLock(store.dir, name)
+      try {
+        const volume = store.root.transactionSync(() => beginVolumeDelete(store, name))
+        let gone = false
+        while (!gone) gone = store.root.transactionSync(() => volumeDeleteStep(store, volume.id, VOLUME_DELETE_BATCH))
+      } finally {
+        release()
+      }
+    } finally {
+      await store.close()
+    }
+    process.stdout.write(`deleted volume ${name}\n`)
   }))
 
 program.command('check')

@@ -56,6 +56,11 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
   const store = Store.open(options.store)
   const releaseLock = acquireVolumeLock(store.dir, options.volume)
   const record = store.volume(options.volume)
+  if (record.deleting === true) {
+    releaseLock()
+    await store.close()
+    throw new UserError(`volume ${options.volume} is being deleted; finish with: snapfs delete-volume ${store.dir} ${options.volume}`)
+  }
   if (record.cloning !== undefined) {
     releaseLock()
     await store.close()

@@ -39,11 +39,11 @@ export function checkStore (store: Store): CheckReport {
   const refer = (block: number): void => { references.set(block, (references.get(block) ?? 0) + 1) }
 
   const volumes = new Map<number, { name: string, nextIno: number }>()
-  /** Clones still being copied: their records are partial until the copy finishes. */
+  /** Clones still being copied, volumes being deleted: their records are partial. */
   const cloning = new Set<number>()
   for (const { value } of store.volumes.getRange()) {
     volumes.set(value.id, { name: value.name, nextIno: value.nextIno })
-    if (value.cloning !== undefined) cloning.add(value.id)
+    if (value.cloning !== undefined || value.deleting === true) cloning.add(value.id)
   }
 
   const inodes = new Map<string, InodeRecord>()
@@ -226,7 +226,7 @@ function checkVersions (store: Store, report: CheckReport): void {
     const expect = (what: string, recorded: number, actual: number): void => {
       if (recorded !== actual) problems.push(`volume ${volume.name} records ${recorded} bytes ${what}, but a scan finds ${actual}`)
     }
-    if (volume.cloning !== undefined) continue
+    if (volume.cloning !== undefined || volume.deleting === true) continue
     expect('used', volume.used, used.get(vol) ?? 0)
     expect('written since its latest snapshot', volume.written, written.get(vol) ?? 0)
     expect('held by snapshots', volume.snapshotBytes, held.get(vol) ?? 0)

@@ -9,12 +9,14 @@
  * The copy runs in steps of `limit` records, one transaction each, with a cursor in the clone's
  * volume record (`cloning`), so the origin's daemon resumes it after a crash. Order: for each
  * table, the heads the snapshot sees, then the history versions it sees whose record has no head.
+ * Deleting a volume (a clone no longer wanted) removes its records the same way, in steps.
  */
 import { UserError } from '../errors.js'
 import { Table, birthKey, blockKey, decodeBmap, decodeCount, decodeHistoryKey, decodeInodeKey, encodeBmap, encodeCount, prefixRange, sectorsOf, volumePrefix, withVolume } from './keys.js'
 import type { HistoryRecord, SnapshotRecord, VolumeRecord } from './records.js'
 import { newVolume, type Store } from './store.js'
 import { SnapshotReader } from './snapshot-reader.js'
+import { releaseBlock } from './versions.js'
 import type { Database } from 'lmdb'
 
 const EMPTY = Buffer.alloc(0)
@@ -131,4 +133,51 @@ export function promote (store: Store, name: string): VolumeRecord {
   delete volume.origin
   store.volumes.putSync(volume.id, volume)
   return volume
+}
+
+/** Marks a volume for deletion (it can no longer be mounted); refuses one that has clones. */
+export function beginVolumeDelete (store: Store, name: string): VolumeRecord {
+  const volume = store.volume(name)
+  const clones = [...store.volumes.getRange()].map(({ value }) => value).filter(v => v.origin?.volume === volume.id)
+  if (clones.length > 0) throw new UserError(`volume ${name} has clones (${clones.map(c => c.name).join(', ')}); delete or promote them first`)
+  volume.deleting = true
+  store.volumes.putSync(volume.id, volume)
+  return volume
+}
+
+/**
+ * Removes up to `limit` records of a volume marked for deletion, releasing the blocks they
+ * reference; returns true once the volume is gone.
+ */
+export function volumeDeleteStep (store: Store, id: number, limit: number): boolean {
+  const volume = store.volumes.get(id)
+  if (volume === undefined) return true
+  const prefix = prefixRange(volumePrefix(id))
+  let left = limit
+  for (const table of TABLES) {
+    const db = databaseOf(store, table)
+    for (const { key, value } of [...db.getRange({ ...prefix, limit: left })]) {
+      if (table === Table.Bmap) releaseBlock(store, decodeBmap(value as Buffer).block)
+      db.removeSync(key)
+      left--
+    }
+    const history = prefixRange(Buffer.concat([Buffer.from([table]), volumePrefix(id)]))
+    for (const { key, value } of [...store.history.getRange({ ...history, limit: left })]) {
+      if (table === Table.Bmap) releaseBlock(store, decodeBmap((value as HistoryRecord).v).block)
+      store.history.removeSync(key)
+      left--
+    }
+    if (left <= 0) return false
+  }
+  for (const db of [store.deadlist, store.births, store.orphans] as Array<Database<any, Buffer>>) {
+    for (const key of [...db.getKeys({ ...prefix, limit: left })]) {
+      db.removeSync(key as Buffer)
+      left--
+    }
+    if (left <= 0) return false
+  }
+  for (const key of [...store.snapshots.getKeys(prefix)]) store.snapshots.removeSync(key as Buffer)
+  store.volumes.removeSync(id)
+  store.meta.removeSync('volume:' + volume.name)
+  return true
 }

@@ -73,6 +73,8 @@ export interface VolumeRecord {
   origin?: { volume: number, snapshot: string, gen: number }
   /** Set while a clone is being copied: how far (store/clone.ts). */
   cloning?: { phase: number, key?: Buffer }
+  /** Set once the volume is being deleted: it cannot be mounted, and its records are going. */
+  deleting?: boolean
 }
 
 /** What a snapshot is doing: `ready` to browse, or `deleting` in the background. */
