@@ -21,13 +21,15 @@ export interface RestoreResult {
 export function restoreTree (volume: LiveVolume, view: SnapshotView, ino: number, parent: number, name: string): RestoreResult {
   const result: RestoreResult = { inodes: 0, links: 0, bytes: 0 }
   const restored = new Map<number, number>()
-  const dirs: Array<{ ino: number, source: { atime: number, mtime: number, ctime: number } }> = []
+  /** Inodes whose times the restore itself changed (directories filled, files linked again). */
+  const timed: Array<{ ino: number, source: { atime: number, mtime: number, ctime: number } }> = []
   const pending: Array<{ from: number, parent: number, name: string }> = [{ from: ino, parent, name }]
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
     const source = view.inode(next.from)
     const copy = restored.get(next.from)
     if (copy !== undefined && !isDir(source.mode)) {
       volume.link(copy, next.parent, next.name)
+      timed.push({ ino: copy, source })
       result.links++
       continue
     }
@@ -39,10 +41,10 @@ export function restoreTree (volume: LiveVolume, view: SnapshotView, ino: number
     result.inodes++
     if (share !== null) result.bytes += source.blocks * 512
     if (isDir(source.mode)) {
-      dirs.push({ ino: inode.ino, source })
+      timed.push({ ino: inode.ino, source })
       for (const entry of view.readdir(next.from)) pending.push({ from: entry.ino, parent: inode.ino, name: entry.name })
     }
   }
-  for (const dir of dirs) volume.restoreTimes(dir.ino, dir.source)
+  for (const { ino, source } of timed) volume.restoreTimes(ino, source)
   return result
 }
