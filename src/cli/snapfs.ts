@@ -188,6 +188,8 @@ program.command('delete-volume')
         const volume = store.root.transactionSync(() => beginVolumeDelete(store, name))
         let gone = false
         while (!gone) gone = store.root.transactionSync(() => volumeDeleteStep(store, volume.id, VOLUME_DELETE_BATCH))
+        // LMDB reuses the pages a transaction freed only once a later one has committed.
+        store.root.transactionSync(() => { store.meta.putSync('volumeDeleted', name) })
       } finally {
         release()
       }

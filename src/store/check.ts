@@ -106,6 +106,7 @@ export function checkStore (store: Store): CheckReport {
     if (map.length > bs || map.length === 0) problems.push(`inode ${ino} block ${index} has length ${map.length}`)
   }
   for (const [id, inode] of inodes) {
+    if (cloning.has(Number(id.split(':')[0]))) continue
     if ((sectors.get(id) ?? 0) !== inode.blocks) problems.push(`inode ${id.split(':')[1]} records ${inode.blocks} sectors but maps ${sectors.get(id) ?? 0}`)
   }
 
@@ -245,6 +246,7 @@ function checkVersions (store: Store, report: CheckReport): void {
   }
   for (const key of store.births.getKeys()) {
     const { vol, birth, table, headKey } = decodeBirthKey(key as Buffer)
+    if (volumes.get(vol)?.deleting === true) continue
     const chain = chains.get(`${table}:${headKey.toString('hex')}`)
     if (chain === undefined || !chain.some(v => v.birth === birth)) problems.push(`births entry (volume ${vol}, table ${table}, birth ${birth}) lists no version`)
   }
