@@ -5,7 +5,7 @@
  *
  * Usage: node dist/scripts/bench-worker.js JOB_JSON
  * Prints {"seconds": …, "count": …} on stdout: the time of the measured part, and the bytes,
- * operations or files it did.
+ * operations or files it did (overwrite adds "blocks").
  */
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
@@ -16,11 +16,14 @@ export type Job =
   | { kind: 'seq-read', file: string }
   | { kind: 'rand-write' | 'rand-read', file: string, ops: number, seed: number }
   | { kind: 'create' | 'stat' | 'delete', dir: string, files: number }
+  | { kind: 'overwrite', file: string, fraction: number, chunk: number, align: number, blockSize: number, seed: number }
   | { kind: 'make-tree', dir: string, fanout: number, filesPerDir: number, seed: number }
 
 export interface JobResult {
   seconds: number
   count: number
+  /** overwrite only: how many distinct store blocks the writes touched. */
+  blocks?: number
 }
 
 const MIB = 1024 * 1024
@@ -100,6 +103,43 @@ function randomIo (file: string, ops: number, seed: number, write: boolean): Job
   return { seconds: secondsSince(start), count: ops }
 }
 
+/**
+ * Overwrites `fraction` of the file with `chunk`-byte writes of new random data at random
+ * `align`-aligned offsets that never overlap, in random order, then fsync. `count` is the bytes
+ * changed; `blocks` the distinct `blockSize` blocks those writes touch.
+ */
+function overwrite (file: string, fraction: number, chunk: number, align: number, blockSize: number, seed: number): JobResult {
+  const unit = align
+  const pages = Math.floor(fs.statSync(file).size / unit)
+  const chunkPages = chunk / unit
+  if (!Number.isInteger(chunkPages) || chunkPages < 1 || align % PAGE !== 0) throw new Error(`chunk ${chunk} is not a multiple of ${align}, or ${align} of ${PAGE}`)
+  const wanted = Math.ceil(fraction * pages / chunkPages)
+  if (wanted * chunkPages > pages / 2) throw new Error(`${file} is too small to overwrite ${fraction} of it in ${chunk}-byte chunks`)
+  const next = prng(seed)
+  const taken = new Uint8Array(pages)
+  const offsets: number[] = []
+  const blocks = new Set<number>()
+  while (offsets.length < wanted) {
+    const first = Math.floor(next() * (pages - chunkPages + 1))
+    if (taken.subarray(first, first + chunkPages).includes(1)) continue
+    taken.fill(1, first, first + chunkPages)
+    const offset = first * unit
+    offsets.push(offset)
+    for (let block = Math.floor(offset / blockSize); block <= Math.floor((offset + chunk - 1) / blockSize); block++) blocks.add(block)
+  }
+  const buf = randomBytes(chunk)
+  const start = process.hrtime.bigint()
+  const fd = fs.openSync(file, 'r+')
+  for (let i = 0; i < offsets.length; i++) {
+    for (let page = 0; page < chunk; page += PAGE) buf.writeUInt32LE(i, page)
+    let done = 0
+    while (done < chunk) done += fs.writeSync(fd, buf, done, chunk - done, offsets[i] + done)
+  }
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  return { seconds: secondsSince(start), count: offsets.length * chunk, blocks: blocks.size }
+}
+
 function createFiles (dir: string, files: number): JobResult {
   fs.mkdirSync(dir)
   const buf = randomBytes(SMALL_FILE_SIZE)
@@ -162,6 +202,7 @@ function runJob (job: Job): JobResult {
     case 'create': return createFiles(job.dir, job.files)
     case 'stat': return statFiles(job.dir, job.files)
     case 'delete': return deleteFiles(job.dir, job.files)
+    case 'overwrite': return overwrite(job.file, job.fraction, job.chunk, job.align, job.blockSize, job.seed)
     case 'make-tree': return makeTree(job.dir, job.fanout, job.filesPerDir, job.seed)
   }
 }

@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: measures snapfs against the storage-less FUSE daemon on the same binding
  * (scripts/null-fs.ts, the ceiling for this stack) and tmpfs, in one run on one machine, and
- * prints the medians as a table.
+ * prints the medians as a table; then measures snapfs's snapshots (scripts/bench-snapshots.ts)
+ * and prints a second table.
  *
  * Each run mounts every target fresh, runs the workloads in child processes
  * (scripts/bench-worker.ts, or tar) and unmounts it again, whatever happens. Needs root: it
@@ -13,12 +14,17 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, release } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { Command, InvalidArgumentError } from 'commander'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { CREATES_PER_STATE, snapshotSection, type SnapshotHost, type SnapshotResults, type SnapshotSettings } from './bench-snapshots.js'
 import type { Job, JobResult } from './bench-worker.js'
 
 const TARGETS = ['snapfs', 'null', 'tmpfs'] as const
 type Target = typeof TARGETS[number]
 const TARGET_TITLES: Record<Target, string> = { snapfs: 'snapfs', null: 'null-fs', tmpfs: 'tmpfs' }
+/** `--only` takes targets and this name of the snapshot section. */
+const SNAPSHOTS = 'snapshots'
+const SELECTABLE = [...TARGETS, SNAPSHOTS] as const
+type Selectable = typeof SELECTABLE[number]
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const REPO = resolve(HERE, '..', '..')
@@ -43,7 +49,10 @@ interface Settings {
   sizeMib: number
   files: number
   randomOps: number
+  /** The targets of the workload table; empty for the snapshot section alone. */
   targets: Target[]
+  /** The snapshot section's settings; undefined when it is not selected. */
+  snapshots: SnapshotSettings | undefined
   json: string | undefined
 }
 
@@ -281,35 +290,55 @@ async function mountNull (dir: string): Promise<Mounted> {
   return { dir, death: () => daemon.running ? undefined : daemon.describe(), stop }
 }
 
-async function mountSnapfs (dir: string, store: string): Promise<Mounted> {
+/** Creates a snapfs store in a new directory; returns its block size. */
+async function initSnapfs (store: string): Promise<number> {
   await mkdir(store)
-  let daemon: Daemon | undefined
+  await runOk(process.execPath, [SNAPFS_CLI, 'init', store], false)
+  const info = JSON.parse(await runOk(process.execPath, [SNAPFS_CLI, 'info', store, '--json'], false)) as { blockSize: number }
+  return info.blockSize
+}
+
+/** Mounts an existing store; `stop` unmounts it and leaves the store. */
+async function startSnapfs (dir: string, store: string): Promise<Mounted> {
+  const daemon = new Daemon([SNAPFS_CLI, 'mount', store, dir, '--foreground'])
   const stop = async (): Promise<void> => {
-    if (daemon !== undefined) {
-      if (daemon.running) {
-        if (await mountType(dir) !== undefined) {
-          const result = await run(process.execPath, [SNAPFS_CLI, 'umount', dir], false)
-          if (result.code !== 0) log(`bench: ${describe('snapfs', ['umount', dir], result)}`)
-        } else {
-          daemon.child.kill('SIGTERM')
-        }
+    if (daemon.running) {
+      if (await mountType(dir) !== undefined) {
+        const result = await run(process.execPath, [SNAPFS_CLI, 'umount', dir], false)
+        if (result.code !== 0) log(`bench: ${describe('snapfs', ['umount', dir], result)}`)
+      } else {
+        daemon.child.kill('SIGTERM')
       }
-      if (!(await daemon.waitExit(SNAPFS_EXIT_TIMEOUT_MS))) {
-        log(`bench: snapfs did not exit ${SNAPFS_EXIT_TIMEOUT_MS / 1000} s after umount; killing it`)
-        await daemon.kill()
-      }
-      await detachIfMounted(dir)
     }
-    await rm(store, { recursive: true, force: true })
+    if (!(await daemon.waitExit(SNAPFS_EXIT_TIMEOUT_MS))) {
+      log(`bench: snapfs did not exit ${SNAPFS_EXIT_TIMEOUT_MS / 1000} s after umount; killing it`)
+      await daemon.kill()
+    }
+    await detachIfMounted(dir)
   }
   try {
-    await runOk(process.execPath, [SNAPFS_CLI, 'init', store], false)
-    const started = new Daemon([SNAPFS_CLI, 'mount', store, dir, '--foreground'])
-    daemon = started
-    await waitReady('snapfs', started, async () => await mountType(dir) === 'fuse.snapfs')
-    return { dir, death: () => started.running ? undefined : started.describe(), stop }
+    await waitReady('snapfs', daemon, async () => await mountType(dir) === 'fuse.snapfs')
   } catch (err) {
     await stop()
+    throw err
+  }
+  return { dir, death: () => daemon.running ? undefined : daemon.describe(), stop }
+}
+
+/** A fresh store, mounted; `stop` also removes the store. */
+async function mountSnapfs (dir: string, store: string): Promise<Mounted> {
+  try {
+    await initSnapfs(store)
+    const mounted = await startSnapfs(dir, store)
+    return {
+      ...mounted,
+      stop: async () => {
+        await mounted.stop()
+        await rm(store, { recursive: true, force: true })
+      }
+    }
+  } catch (err) {
+    await rm(store, { recursive: true, force: true })
     throw err
   }
 }
@@ -380,7 +409,7 @@ function median (values: Array<number | undefined>): number | undefined {
 
 function formatValue (value: number | undefined, unit: string): string {
   if (value === undefined) return '-'
-  if (unit === 's') return value.toFixed(2)
+  if (unit === 's' || unit === 'ratio') return value.toFixed(2)
   if (value >= 100) return Math.round(value).toLocaleString('en-US')
   return value.toFixed(1)
 }
@@ -415,6 +444,18 @@ function render (list: Workload[], medians: Map<WorkloadKey, Partial<Record<Targ
   ].join('\n')
 }
 
+function renderSnapshots (results: SnapshotResults): string {
+  const header = ['snapshot workload', 'unit', 'median', 'min', 'max', 'target']
+  const rows = results.rows.map(row => [
+    row.label, row.unit,
+    formatValue(median(row.samples), row.unit),
+    formatValue(row.samples.length === 0 ? undefined : Math.min(...row.samples), row.unit),
+    formatValue(row.samples.length === 0 ? undefined : Math.max(...row.samples), row.unit),
+    row.target
+  ])
+  return [`snapshots on snapfs: medians; ${cpus().length} CPUs, Linux ${release()}, Node ${process.version}`, table([header, ...rows]), ...results.notes].join('\n')
+}
+
 // ---- main ---------------------------------------------------------------------------------
 
 function positiveInteger (text: string): number {
@@ -423,42 +464,70 @@ function positiveInteger (text: string): number {
   return value
 }
 
-function targetList (text: string): Target[] {
+function pair (text: string): [number, number] {
+  const values = text.split(',').map(item => Number(item.trim()))
+  if (values.length !== 2 || !values.every(value => Number.isInteger(value) && value >= 1) || values[0] >= values[1]) {
+    throw new InvalidArgumentError('expected two positive integers, the smaller first, like 1024,8192')
+  }
+  return [values[0], values[1]]
+}
+
+function selection (text: string): Selectable[] {
   const names = text.split(',').map(name => name.trim()).filter(name => name !== '')
   for (const name of names) {
-    if (!(TARGETS as readonly string[]).includes(name)) throw new InvalidArgumentError(`unknown target ${name} (one of ${TARGETS.join(', ')})`)
+    if (!(SELECTABLE as readonly string[]).includes(name)) throw new InvalidArgumentError(`unknown target ${name} (one of ${SELECTABLE.join(', ')})`)
   }
   if (names.length === 0) throw new InvalidArgumentError('expected at least one target')
-  return TARGETS.filter(target => names.includes(target))
+  return SELECTABLE.filter(item => names.includes(item))
 }
 
 function parseSettings (): Settings {
   const program = new Command()
     .name('bench')
-    .description('Benchmark snapfs against the storage-less daemon on fuse-native and tmpfs.')
-    .option('--runs <n>', 'runs per target; the table shows medians (default 3)', positiveInteger)
+    .description('Benchmark snapfs against the storage-less daemon on fuse-native and tmpfs, then its snapshots.')
+    .option('--runs <n>', 'runs per target and of the snapshot measurements; the tables show medians (default 3)', positiveInteger)
     .option('--size-mib <n>', 'size of the sequential file in MiB (default 1024)', positiveInteger)
     .option('--files <n>', 'number of small files to create, stat and delete (default 10000)', positiveInteger)
     .option('--random-ops <n>', 'number of random 4 KiB writes and reads (default 20000)', positiveInteger)
-    .option('--quick', 'small and fast: 64 MiB, 1000 files, 5000 random ops, 1 run')
-    .option('--only <targets>', `comma-separated targets among ${TARGETS.join(',')}`, targetList)
+    .option('--snapshot-mib <small,large>', 'snapshot creates on this much data in MiB; the small size is also the file read and overwritten (default 1024,8192)', pair)
+    .option('--snapshot-files <few,many>', 'snapshot creates on this many small files (default 100,100000)', pair)
+    .addOption(new Option('--overwrite-align <where>', 'the 10 % overwrite writes 64 KiB at random block-aligned offsets, or 4 KiB-aligned ones (each then touches two blocks)').choices(['block', 'page']).default('block'))
+    .option('--quick', 'small and fast: 64 MiB, 1000 files, 5000 random ops, snapshots on 256,2048 MiB and 100,20000 files, 1 run')
+    .option('--only <names>', `comma-separated targets among ${TARGETS.join(',')}, and ${SNAPSHOTS} for the snapshot section`, selection)
     .option('--json <file>', 'also write every run and the medians to this JSON file')
     .parse()
-  const o = program.opts<{ runs?: number, sizeMib?: number, files?: number, randomOps?: number, quick?: boolean, only?: Target[], json?: string }>()
+  const o = program.opts<{
+    runs?: number
+    sizeMib?: number
+    files?: number
+    randomOps?: number
+    snapshotMib?: [number, number]
+    snapshotFiles?: [number, number]
+    overwriteAlign: 'block' | 'page'
+    quick?: boolean
+    only?: Selectable[]
+    json?: string
+  }>()
   const quick = o.quick === true
+  const only: readonly Selectable[] = o.only ?? SELECTABLE
+  const runs = o.runs ?? (quick ? 1 : 3)
   return {
-    runs: o.runs ?? (quick ? 1 : 3),
+    runs,
     sizeMib: o.sizeMib ?? (quick ? 64 : 1024),
     files: o.files ?? (quick ? 1000 : 10000),
     randomOps: o.randomOps ?? (quick ? 5000 : 20000),
-    targets: o.only ?? [...TARGETS],
+    targets: TARGETS.filter(target => only.includes(target)),
+    snapshots: only.includes(SNAPSHOTS)
+      ? { runs, volumeMib: o.snapshotMib ?? (quick ? [256, 2048] : [1024, 8192]), volumeFiles: o.snapshotFiles ?? (quick ? [100, 20000] : [100, 100000]), overwriteAlign: o.overwriteAlign }
+      : undefined,
     json: o.json
   }
 }
 
 function checkPrerequisites (s: Settings): void {
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark mounts file systems and drops caches')
-  for (const [file, needed] of [[WORKER, true], [NULL_FS, s.targets.includes('null')], [SNAPFS_CLI, s.targets.includes('snapfs')]] as const) {
+  const snapfs = s.targets.includes('snapfs') || s.snapshots !== undefined
+  for (const [file, needed] of [[WORKER, true], [NULL_FS, s.targets.includes('null')], [SNAPFS_CLI, snapfs]] as const) {
     if (needed && !existsSync(file)) throw new Error(`${file} is missing; build first (npm run build)`)
   }
 }
@@ -472,8 +541,17 @@ async function mountTarget (target: Target, scratch: string, runIndex: number): 
   }
 }
 
-/** Runs everything, prints the table; returns how many target runs failed. */
-async function benchmark (s: Settings, scratch: string): Promise<number> {
+interface Section {
+  /** The printed table. */
+  text: string
+  /** Its part of the JSON output, and what it adds to the settings there. */
+  json: Record<string, unknown>
+  settings: Record<string, unknown>
+  failures: number
+}
+
+/** Runs the workloads on every target `s.runs` times. */
+async function workloadSection (s: Settings, scratch: string): Promise<Section> {
   for (const target of s.targets) await mkdir(join(scratch, `mnt-${target}`))
   const tarball = join(scratch, 'tree.tar')
   log('bench: building the tarball')
@@ -517,19 +595,68 @@ async function benchmark (s: Settings, scratch: string): Promise<number> {
     for (const target of s.targets) row[target] = median((runs.get(target) ?? []).map(r => r[w.key]))
     medians.set(w.key, row)
   }
-  process.stdout.write(render(list, medians, s) + '\n')
-
-  if (s.json !== undefined) {
-    const out = {
-      date: new Date().toISOString(),
-      machine: { cpus: cpus().length, kernel: release(), node: process.version },
-      settings: { runs: s.runs, sizeMib: s.sizeMib, files: s.files, randomOps: s.randomOps, untarFiles: treeFiles },
+  return {
+    text: render(list, medians, s),
+    settings: { untarFiles: treeFiles },
+    json: {
       workloads: list.map(w => ({
         ...w,
         runs: Object.fromEntries(s.targets.map(target => [target, (runs.get(target) ?? []).map(r => r[w.key])])),
         medians: medians.get(w.key)
       }))
-    }
+    },
+    failures
+  }
+}
+
+/** Runs the snapshot section on snapfs. */
+async function snapshotsOnSnapfs (snapshots: SnapshotSettings, scratch: string): Promise<Section> {
+  const host: SnapshotHost = {
+    log,
+    checkInterrupted,
+    interrupted: () => interrupted,
+    runJob,
+    runOk,
+    dropCaches,
+    initStore: initSnapfs,
+    mount: startSnapfs
+  }
+  const results = await snapshotSection(host, snapshots, scratch)
+  return {
+    text: renderSnapshots(results),
+    settings: { snapshots: { ...snapshots, createsPerState: CREATES_PER_STATE } },
+    json: {
+      snapshots: {
+        blockSize: results.blockSize,
+        rows: results.rows.map(row => ({ ...row, median: median(row.samples) })),
+        reportedCreateMs: results.reportedCreateMs,
+        deletes: results.deletes
+      }
+    },
+    failures: results.failures
+  }
+}
+
+/** Runs the selected sections, printing each table as it is done; returns how many runs failed. */
+async function benchmark (s: Settings, scratch: string): Promise<number> {
+  const settings: Record<string, unknown> = { runs: s.runs, sizeMib: s.sizeMib, files: s.files, randomOps: s.randomOps, targets: s.targets }
+  const out: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    machine: { cpus: cpus().length, kernel: release(), node: process.version },
+    settings
+  }
+  let failures = 0
+  let printed = false
+  const finish = (section: Section): void => {
+    failures += section.failures
+    Object.assign(settings, section.settings)
+    Object.assign(out, section.json)
+    process.stdout.write((printed ? '\n' : '') + section.text + '\n')
+    printed = true
+  }
+  if (s.targets.length > 0) finish(await workloadSection(s, scratch))
+  if (s.snapshots !== undefined) finish(await snapshotsOnSnapfs(s.snapshots, scratch))
+  if (s.json !== undefined) {
     await writeFile(s.json, JSON.stringify(out, null, 2) + '\n')
     log(`bench: results written to ${s.json}`)
   }
@@ -554,7 +681,7 @@ async function main (): Promise<number> {
   const scratch = await mkdtemp(join(SCRATCH_PARENT, 'snapfs-bench-'))
   try {
     const failures = await benchmark(s, scratch)
-    if (failures > 0) log(`bench: ${failures} target run${failures === 1 ? '' : 's'} failed; their cells are missing`)
+    if (failures > 0) log(`bench: ${failures} run${failures === 1 ? '' : 's'} failed; their cells are missing`)
     return failures > 0 ? 1 : 0
   } finally {
     await removeScratch(scratch)
