@@ -1,29 +1,38 @@
 /**
  * A snapfs mount behaves like tmpfs under thousands of seeded random operations (writes at any
  * offset and size, holes, truncation, reads, renames, hard and symbolic links, directories,
- * chmod, fsync, descriptors held open across steps and across unlink): every operation has the
- * same outcome or errno on both, the paths it touches stay identical (bytes, size, type, mode,
- * nlink, sorted listings), and so does the whole tree every 50 operations and at the end. A
- * failure prints the seed and a shrunk list of operations that still fails. The environment
- * may set SNAPFS_MODEL_SEED (default: random, always printed), SNAPFS_MODEL_STEPS (3000) and
- * SNAPFS_MODEL_REPLAYS (60, the shrinker's bound on fresh mounts). Two smaller tests
- * prove that the engine itself can fail: its comparator reports planted differences, and its
- * shrinker reduces an injected fault to a single write.
+ * chmod, fsync, descriptors held open across steps and across unlink, snapshots taken and
+ * deleted among them): every operation has the same outcome or errno on both, the paths it
+ * touches stay identical (bytes, size, type, mode, nlink, sorted listings), and so does the
+ * whole tree every 50 operations and at the end. Every snapshot (MOUNT/.snapshots/NAME) stays
+ * identical to a copy of the reference tree taken at its create: whole when it is taken, before
+ * it is deleted and at the end, one in turn every 50 operations, and, in one of them in turn,
+ * at the paths each change of the live tree touches; .snapshots lists exactly the snapshots
+ * that exist, and attempts to change anything under it fail with EROFS. A failure prints the
+ * seed and a shrunk list of operations that still fails. The environment may set
+ * SNAPFS_MODEL_SEED (default: random, always printed), SNAPFS_MODEL_STEPS (3000) and
+ * SNAPFS_MODEL_REPLAYS (60, the shrinker's bound on fresh mounts). Three smaller tests prove
+ * that the engine itself can fail: its comparator reports planted differences, its shrinker
+ * reduces an injected fault to a single write, and a snapshot that shares written bytes with
+ * the live tree to a snapshot and the write that leaks into it.
  */
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import { syncBuiltinESMExports } from 'node:module'
 import { randomInt } from 'node:crypto'
+import { createSnapshot, deleteSnapshot } from '../dist/src/index.js'
 import { mountFresh } from './helpers/mount.js'
 import {
   compareOutcome,
   comparePath,
   compareTrees,
+  copySnapshots,
   formatMismatch,
   formatOps,
   runModel,
   shrink,
-  type Pair
+  type Pair,
+  type Snapshotter
 } from './helpers/model.js'
 
 /** The reference side lives on tmpfs. */
@@ -47,6 +56,16 @@ const steps = envInt('SNAPFS_MODEL_STEPS', () => 3000)
 const maxReplays = envInt('SNAPFS_MODEL_REPLAYS', () => 60)
 
 t.setTimeout(5 * 60_000 + steps * 100 + maxReplays * 10_000)
+
+/** A snapfs mount's snapshots, taken and deleted through the package API. */
+function mountSnapshots (mnt: string): Snapshotter {
+  return {
+    dir: `${mnt}/.snapshots`,
+    readOnly: true,
+    create: async name => { await createSnapshot(mnt, name) },
+    remove: async name => { await deleteSnapshot(mnt, name) }
+  }
+}
 
 /** A new empty directory under /dev/shm with the mode of a fresh mount's root, removed at the end of `t`. */
 function scratch (t: Test, tag: string): string {
@@ -146,12 +165,76 @@ t.test('the shrinker reduces an injected fault to the faulty write', async t => 
   if (shrunk.ops.length === 2) t.match(shrunk.ops[0], { kind: 'mkdir' }, 'after the mkdir it needs')
 })
 
+t.test('the shrinker reduces a snapshot that shares written bytes with the live tree to a snapshot and a write', async t => {
+  // The fault: snapshots are copies, but every write into a file of the live tree also lands,
+  // at the same offset, in the file of the same path in every snapshot (a copy-on-write that
+  // forgot to copy). Writes through a descriptor reach fs.writeSync, which is patched here.
+  const faulty = new Map<string, string>()
+  const original = fs.writeSync
+  function leak (...args: unknown[]): number {
+    const [fd, buffer, offset, length, position] = args
+    if (typeof fd === 'number' && Buffer.isBuffer(buffer) && typeof length === 'number' && typeof position === 'number') {
+      const path = fs.readlinkSync(`/proc/self/fd/${fd}`)
+      for (const [root, snapshots] of faulty) {
+        if (!path.startsWith(`${root}/`)) continue
+        for (const name of fs.readdirSync(snapshots)) {
+          const copy = `${snapshots}/${name}/${path.slice(root.length + 1)}`
+          if (!fs.statSync(copy, { throwIfNoEntry: false })?.isFile()) continue
+          const cfd = fs.openSync(copy, 'r+')
+          original(cfd, buffer, offset as number, length, position)
+          fs.closeSync(cfd)
+        }
+      }
+    }
+    return Reflect.apply(original, fs, args) as number
+  }
+  fs.writeSync = leak as typeof fs.writeSync
+  syncBuiltinESMExports()
+  t.teardown(() => {
+    fs.writeSync = original
+    syncBuiltinESMExports()
+  })
+  const fresh = async (): Promise<Pair> => {
+    const expected = scratch(t, 'ref')
+    const actual = scratch(t, 'cow')
+    const snapshots = scratch(t, 'cowsnaps')
+    faulty.set(actual, snapshots)
+    return {
+      expected,
+      actual,
+      snapshots: copySnapshots(actual, snapshots),
+      dispose: async () => {
+        faulty.delete(actual)
+        for (const dir of [expected, actual, snapshots]) fs.rmSync(dir, { recursive: true, force: true })
+      }
+    }
+  }
+
+  const first = await fresh()
+  const run = await runModel(first.expected, first.actual, { seed: 1, steps: 300, fullEvery: FULL_EVERY, snapshots: first.snapshots })
+  await first.dispose()
+  t.match(run.mismatch, { what: /snapshot "/ }, 'the fault is noticed in a snapshot')
+  if (!run.mismatch) return
+
+  const shrunk = await shrink(run.ops, run.mismatch.step, fresh, { maxReplays: 60, fullEvery: FULL_EVERY })
+  t.comment(`shrunk in ${shrunk.replays} replays to:\n${formatOps(shrunk.ops)}` +
+    (shrunk.mismatch ? `\n${formatMismatch(shrunk.mismatch)}` : ''))
+  t.ok(shrunk.mismatch, 'the shrunk list still fails')
+  // What is left: what makes the file (a write or an open, after at most the mkdir of its
+  // directory), the snapshot, and the write that leaks into it.
+  const kinds = shrunk.ops.map(op => op.kind)
+  t.ok(kinds.length <= 4, `at most four operations are left (${kinds.length})`)
+  t.match(kinds.slice(-2), ['snapshot', /^(fd)?write$/], 'the last two are the snapshot and the write')
+})
+
 t.test('snapfs agrees with tmpfs on random operations', async t => {
   t.comment(`seed ${seed}, ${steps} operations (repeat with SNAPFS_MODEL_SEED=${seed} SNAPFS_MODEL_STEPS=${steps})`)
   t.equal(fs.statfsSync(TMPFS_PARENT).type, TMPFS_MAGIC, `the reference ${TMPFS_PARENT} is a tmpfs`)
   const mounted = await mountFresh(t)
   const started = Date.now()
-  const { ops, mismatch } = await runModel(scratch(t, 'ref'), mounted.mnt, { seed, steps, fullEvery: FULL_EVERY })
+  const { ops, mismatch } = await runModel(scratch(t, 'ref'), mounted.mnt, {
+    seed, steps, fullEvery: FULL_EVERY, snapshots: mountSnapshots(mounted.mnt)
+  })
   if (!mismatch) {
     t.pass(`${steps} operations agreed in ${Date.now() - started} ms`)
     return
@@ -164,6 +247,7 @@ t.test('snapfs agrees with tmpfs on random operations', async t => {
     return {
       expected,
       actual: m.mnt,
+      snapshots: mountSnapshots(m.mnt),
       dispose: async () => {
         fs.rmSync(expected, { recursive: true, force: true })
         // A mount that will not go away now is detached by the teardown mountFresh registered.

@@ -4,7 +4,7 @@
  *   remount the snapshot is either absent or ready with every byte written before the create; a
  *   snapshot whose create had returned before the kill is there with its bytes; `snapfs check`
  *   finds the store sound.
- * - kill -9 while a snapshot that alone holds 1.5 GiB of blocks is being deleted in the
+ * - kill -9 while a snapshot that alone holds 1 GiB of blocks is being deleted in the
  *   background: after remount the daemon finishes the delete by itself, the other snapshot and
  *   the live file read back unchanged, and `snapfs check` finds the store sound.
  * - the control socket answers its owner only: user nobody (65534) can neither list nor create
@@ -147,11 +147,11 @@ for (const delay of [0, 25, 60]) {
 }
 
 t.test('kill -9 in the middle of a long delete: the daemon finishes it after remount', async t => {
-  const SIZE = 1536 * MiB
+  const SIZE = 1024 * MiB
   const m = await mountFresh(t, ['--dirty-age', '60s'])
   const dir = await scratchDir(m, 'big')
   const file = join(dir, 'file')
-  // Two different fillings of the same 1.5 GiB file: after s2 the first one's 24576 blocks of
+  // Two different fillings of the same 1 GiB file: after s2 the first one's 16384 blocks of
   // 64 KiB are held by s1 alone, and deleting s1 frees every one of them.
   const fill = async (flags: string): Promise<string> => {
     const hash = createHash('sha256')
@@ -202,7 +202,7 @@ t.test('kill -9 in the middle of a long delete: the daemon finishes it after rem
   const shown = await snapctl(['-C', again.mnt, 'show', 's1'])
   t.equal(shown.code, 1, 'snapctl show s1 fails')
   t.match(shown.stderr, /^snapctl: .*no snapshot/m, 'with "no snapshot"')
-  t.equal(sha(await readFile(join(snapDir, 's2', 'big', 'file'))), second, 's2 reads back its 1.5 GiB')
+  t.equal(sha(await readFile(join(snapDir, 's2', 'big', 'file'))), second, 's2 reads back its 1 GiB')
   t.equal(sha(await readFile(join(again.mnt, 'big', 'file'))), second, 'the live file too')
   await umountAndCheck(t, again)
 })

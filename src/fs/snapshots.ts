@@ -36,6 +36,13 @@ const PRE_FLUSH_ROUNDS = 3
 const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
 /** Records one clone step copies. */
 const CLONE_BATCH = 1024
+/**
+ * How long the kernel may keep a name it looked up (libfuse 2's default entry timeout, 1 s, with
+ * a margin). fuse-native cannot invalidate the kernel's entries, so a snapshot created under the
+ * name of one deleted less than this ago waits out the rest: a cached path under the old one
+ * whose file changed type would otherwise answer EIO.
+ */
+const KERNEL_ENTRY_MS = 1100
 /** After a failed background step (a full disk), the next try waits this long. */
 const RETRY_MS = 1000
 
@@ -103,6 +110,8 @@ export class Snapshots {
   private readonly views = new Map<number, SnapshotView>()
   /** Who waits for a background job: a delete by snapshot id, a clone by minus its volume id. */
   private readonly finished = new Map<number, Array<(value: number) => void>>()
+  /** When each recently deleted snapshot left `.snapshots`, by name. */
+  private readonly hidden = new Map<string, number>()
   private worker: Promise<void> | null = null
   private stopped = false
 
@@ -161,6 +170,10 @@ export class Snapshots {
     if (this.creating.has(name) || this.catalogue.some(s => s.name === name)) throw new UserError(`a snapshot named "${name}" already exists`)
     const volume = this.volume
     checkQuota(volume.record, this.catalogue)
+    const since = Date.now() - (this.hidden.get(name) ?? 0)
+    if (since < KERNEL_ENTRY_MS) await new Promise(resolve => setTimeout(resolve, KERNEL_ENTRY_MS - since))
+    this.hidden.delete(name)
+    if (this.creating.has(name)) throw new UserError(`a snapshot named "${name}" already exists`)
     const now = Date.now()
     this.creating.set(name, { id: 0, name, description, created: now, gen: 0, status: 'creating', used: 0, refer: 0, written: 0 })
     try {
@@ -194,6 +207,9 @@ export class Snapshots {
     const record = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), { allPages: false })
     volume.store.flushed()
     this.catalogue = snapshotsOf(volume.store, volume.record.id)
+    const now = Date.now()
+    for (const [hiddenName, at] of this.hidden) if (now - at >= KERNEL_ENTRY_MS) this.hidden.delete(hiddenName)
+    this.hidden.set(name, now)
     const view = this.views.get(record.gen)
     if (view !== undefined) {
       view.invalidate()

@@ -6,8 +6,17 @@
  * paths (or the whole tree) agree byte for byte, and a shrinker reduces a failing list of
  * operations to a short one by replaying subsets on fresh pairs of directories. Nothing here
  * knows which file system is under test: it runs against any two directories.
+ *
+ * Snapshots are optional: given how the side under test takes them (a Snapshotter), the
+ * generator also draws snapshot creates and deletes and write attempts under a snapshot, the
+ * reference keeps a full copy of its tree per snapshot, and the snapshots are compared with
+ * their copies: the list of names after every operation that changes something; the paths an
+ * operation on the live tree touched, in one snapshot, each in turn; a snapshot whole when
+ * it is taken, just before it is deleted, one in turn every `fullEvery` operations, and every
+ * one at the end.
  */
 import * as fs from 'node:fs'
+import { spawnSync } from 'node:child_process'
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, O_EXCL } = fs.constants
 
@@ -15,6 +24,8 @@ const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, O_EXCL } = fs.co
 const NAMES = ['a', 'b', 'c', 'd'] as const
 /** Paths that `childPath` extends are at most this deep, which keeps the tree shallow. */
 const MAX_PARENT_DEPTH = 3
+/** Live snapshots at most: no snapshot is created (drawn or replayed) beyond this. */
+export const MAX_SNAPSHOTS = 8
 /** Writes and truncates keep files at most this large. */
 const MAX_SIZE = 4 * 1024 * 1024
 /** Descriptor slots that stay open across steps. */
@@ -50,6 +61,45 @@ export type Op =
   | { kind: 'fdread'; slot: number; off: number; len: number }
   | { kind: 'fdtruncate'; slot: number; size: number }
   | { kind: 'fdsync' | 'fdstat' | 'close'; slot: number }
+  | SnapshotOp
+
+/**
+ * The operations on snapshots. `snapwrite` attempts a change under the snapshots directory,
+ * which must fail with EROFS: `at` is relative to that directory (the snapshot's root is its
+ * name; '' is the directory itself), `source` the live path that `rename-in` moves.
+ */
+export type SnapshotOp =
+  | { kind: 'snapshot' | 'delete-snapshot'; name: string }
+  | { kind: 'snapwrite'; action: SnapWrite; at: string; source: string }
+
+type FsOp = Exclude<Op, SnapshotOp>
+
+function isSnapshotOp (op: Op): op is SnapshotOp {
+  return op.kind === 'snapshot' || op.kind === 'delete-snapshot' || op.kind === 'snapwrite'
+}
+
+/** What each write attempt under a snapshot needs at `at` for its outcome to be EROFS (and not
+ * ENOENT, EISDIR...): a file, anything but a symbolic link (which chmod and utimes would
+ * follow), anything but a directory, a directory, anything, or a directory to create `x` in. */
+const SNAP_WRITES = {
+  write: 'file',
+  truncate: 'file',
+  chmod: 'nolink',
+  utimes: 'nolink',
+  unlink: 'nodir',
+  rmdir: 'dir',
+  rename: 'any',
+  'rename-out': 'any',
+  link: 'file',
+  create: 'parent',
+  mkdir: 'parent',
+  symlink: 'parent',
+  'rename-in': 'parent'
+} as const
+export type SnapWrite = keyof typeof SNAP_WRITES
+const SNAP_WRITE_NAMES = Object.keys(SNAP_WRITES) as SnapWrite[]
+/** The name write attempts under a snapshot create or rename to: never one of NAMES. */
+const FRESH = 'x'
 
 /** What an operation did: its value (bytes read, a count, a link target, a stat summary), or
  * the code of the error it raised. */
@@ -74,11 +124,41 @@ export interface Side {
   slots: ({ fd: number; path: string } | null)[]
 }
 
-/** A fresh pair of directories for one replay, and how to get rid of it afterwards. */
+/** A fresh pair of directories for one replay (with how the actual one takes snapshots, when
+ * it does), and how to get rid of it afterwards. */
 export interface Pair {
   expected: string
   actual: string
+  snapshots?: Snapshotter
   dispose(): Promise<void>
+}
+
+/**
+ * How one side takes snapshots: `dir` lists them by name, each a directory that shows the tree
+ * as it was when the snapshot was taken (a snapfs mount's `.snapshots`).
+ */
+export interface Snapshotter {
+  readonly dir: string
+  /** Whether every change under `dir` fails with EROFS: only then are write attempts drawn. */
+  readonly readOnly: boolean
+  create(name: string): Promise<void>
+  remove(name: string): Promise<void>
+}
+
+/**
+ * Snapshots of `root` as full copies in `dir` (`cp -a`, which keeps modes, hard links and
+ * symbolic links): the reference's snapshots, and any plain directory's.
+ */
+export function copySnapshots (root: string, dir: string): Snapshotter {
+  return {
+    dir,
+    readOnly: false,
+    create: async name => {
+      const cp = spawnSync('cp', ['-a', '--', root, `${dir}/${name}`], { encoding: 'utf8' })
+      if (cp.status !== 0) throw new Error(`cp -a ${root} ${dir}/${name}: ${cp.stderr || `exit ${String(cp.status)}`}`)
+    },
+    remove: async name => fs.rmSync(`${dir}/${name}`, { recursive: true })
+  }
 }
 
 /**
@@ -172,6 +252,13 @@ export function formatOp (op: Op): string {
     case 'fdstat':
     case 'close':
       return `${op.kind} #${op.slot}`
+    case 'snapshot':
+    case 'delete-snapshot':
+      return `${op.kind} ${JSON.stringify(op.name)}`
+    case 'snapwrite':
+      return op.action === 'rename-in'
+        ? `snapwrite rename-in ${op.source} -> .snapshots/${child(op.at, FRESH)}`
+        : `snapwrite ${op.action} ${full('.snapshots', op.at)}`
     default:
       return `${op.kind} ${op.path}`
   }
@@ -303,7 +390,7 @@ function slotFd (side: Side, slot: number): number {
   return s.fd
 }
 
-function run (side: Side, op: Op): string | Buffer {
+function run (side: Side, op: FsOp): string | Buffer {
   const p = (rel: string): string => full(side.root, rel)
   switch (op.kind) {
     case 'write':
@@ -382,9 +469,13 @@ function errorCode (e: unknown): string {
 }
 
 /** Runs one operation on one side and records what it did. */
-export function execute (side: Side, op: Op): Outcome {
+export function execute (side: Side, op: FsOp): Outcome {
+  return settle(() => run(side, op))
+}
+
+function settle (body: () => string | Buffer): Outcome {
   try {
-    return { ok: true, value: run(side, op) }
+    return { ok: true, value: body() }
   } catch (e) {
     return { ok: false, code: errorCode(e) }
   }
@@ -499,7 +590,7 @@ export function compareTrees (expectedRoot: string, actualRoot: string): Diff | 
 
 /** The paths an operation names, read before it runs (a descriptor's is the path it was opened
  * with). */
-function named (side: Side, op: Op): string[] {
+function named (side: Side, op: FsOp): string[] {
   if ('path' in op) return [op.path]
   if ('from' in op) return [op.from, op.to]
   const s = side.slots[op.slot]
@@ -520,6 +611,19 @@ function resolve (root: string, rel: string): string | null {
   }
 }
 
+/** The paths an operation touched: those it names, where they lead now through symbolic links,
+ * and their parent directories. */
+function touched (root: string, names: string[]): string[] {
+  const paths: string[] = []
+  const add = (rel: string | null): void => {
+    if (rel === null) return
+    for (const x of [rel, parentOf(rel)]) if (!paths.includes(x)) paths.push(x)
+  }
+  for (const rel of names) add(rel)
+  for (const rel of names) add(resolve(root, rel))
+  return paths
+}
+
 function fdState (side: Side, slot: number): string {
   const s = side.slots[slot]
   if (!s) return 'closed'
@@ -530,27 +634,51 @@ function fdState (side: Side, slot: number): string {
   }
 }
 
-/** Runs one operation on both sides and compares what it did; `ok` tells whether it succeeded
- * on the expected side. */
-function step (expected: Side, actual: Side, op: Op): { ok: boolean; diff: Diff | null } {
-  const names = named(expected, op)
-  const outcome = execute(expected, op)
-  return { ok: outcome.ok, diff: compareStep(expected, actual, op, names, outcome, execute(actual, op)) }
+/** The snapshots of a run: the reference's copies, the snapshots of the side under test, and
+ * the names that exist (oldest first) or existed. */
+interface Snaps {
+  ref: Snapshotter
+  actual: Snapshotter
+  live: string[]
+  gone: string[]
 }
 
-/** Compares the two outcomes of an operation, then the paths it touched (those it names, where
- * they lead through symbolic links, and their parent directories), then the descriptor it
- * used. */
-function compareStep (expected: Side, actual: Side, op: Op, names: string[], oe: Outcome, oa: Outcome): Diff | null {
+/** What the generator may look at of the snapshots. */
+export interface SnapView {
+  /** Where the reference's copies are, one directory per live snapshot. */
+  dir: string
+  live: readonly string[]
+  gone: readonly string[]
+  readOnly: boolean
+}
+
+/** An operation result of both sides that did nothing: a snapshot operation whose snapshot
+ * does not (or already does) exist in the list being replayed. */
+const SKIPPED = { ok: false, diff: null } as const
+
+/**
+ * Runs the `i`-th operation on both sides and compares what it did; `ok` tells whether it
+ * succeeded (and so may have changed something) on the expected side. After an operation that
+ * changed the live tree (one that succeeded there, not a read), the list of snapshots and the
+ * paths it touched in one of them (the `i`-th in turn) are compared too: reading every snapshot
+ * after every operation would take several times as long as the operations themselves.
+ */
+async function step (expected: Side, actual: Side, op: Op, snaps: Snaps | null, i: number): Promise<{ ok: boolean; diff: Diff | null }> {
+  if (isSnapshotOp(op)) return snaps ? await snapshotStep(expected, actual, op, snaps) : SKIPPED
+  const names = named(expected, op)
+  const oe = execute(expected, op)
+  const oa = execute(actual, op)
+  const paths = touched(expected.root, names)
+  const diff = compareStep(expected, actual, op, paths, oe, oa) ??
+    (snaps && oe.ok && !READS.has(op.kind) ? compareSnapshots(snaps, inTurn(snaps.live, i), paths) : null)
+  return { ok: oe.ok, diff }
+}
+
+/** Compares the two outcomes of an operation, then the paths it touched, then the descriptor
+ * it used. */
+function compareStep (expected: Side, actual: Side, op: FsOp, paths: string[], oe: Outcome, oa: Outcome): Diff | null {
   const d = compareOutcome(oe, oa)
   if (d) return d
-  const paths: string[] = []
-  const add = (rel: string | null): void => {
-    if (rel === null) return
-    for (const x of [rel, parentOf(rel)]) if (!paths.includes(x)) paths.push(x)
-  }
-  for (const rel of names) add(rel)
-  for (const rel of names) add(resolve(expected.root, rel))
   for (const rel of paths) {
     const dp = comparePath(expected.root, actual.root, rel)
     if (dp) return dp
@@ -561,6 +689,169 @@ function compareStep (expected: Side, actual: Side, op: Op, names: string[], oe:
     if (se !== sa) return { what: `fstat of #${op.slot}`, expected: se, actual: sa }
   }
   return null
+}
+
+/** The `i`-th of `names` in turn, as a list of one (or none). */
+function inTurn (names: readonly string[], i: number): string[] {
+  return names.length > 0 ? [names[i % names.length]!] : []
+}
+
+
+/**
+ * Compares the list of snapshot names, then, in each of the snapshots `names`, the paths
+ * `rels` (relative to the snapshot's root), or, without `rels`, the whole snapshot.
+ */
+function compareSnapshots (s: Snaps, names: readonly string[], rels?: readonly string[]): Diff | null {
+  const listing = comparePath(s.ref.dir, s.actual.dir, '')
+  if (listing) return { ...listing, what: `the snapshots listed in ${s.actual.dir}` }
+  for (const name of names) {
+    const e = `${s.ref.dir}/${name}`
+    const a = `${s.actual.dir}/${name}`
+    let d: Diff | null = null
+    if (!rels) d = compareTrees(e, a)
+    for (const rel of rels ?? []) {
+      d = comparePath(e, a, rel)
+      if (d) break
+    }
+    if (d) return { ...d, what: `snapshot ${JSON.stringify(name)}: ${d.what}` }
+  }
+  return null
+}
+
+/** Runs a snapshot operation of the side under test and records what it did: nothing, or the
+ * errno code or the message it failed with. */
+async function settleAsync (body: () => Promise<void>): Promise<Outcome> {
+  try {
+    await body()
+    return { ok: true, value: '' }
+  } catch (e) {
+    return { ok: false, code: e instanceof Error ? (e as NodeJS.ErrnoException).code ?? e.message : String(e) }
+  }
+}
+
+function typeAt (path: string): EntryType | null {
+  try {
+    return typeOf(fs.lstatSync(path))
+  } catch {
+    return null
+  }
+}
+
+/** Whether a write attempt under a snapshot has what it needs in the reference's copies (and,
+ * for `rename-in`, in the live tree), so that EROFS is the one right outcome. */
+function snapWriteApplies (op: Extract<Op, { kind: 'snapwrite' }>, copies: string, liveRoot: string): boolean {
+  const type = typeAt(full(copies, op.at))
+  switch (SNAP_WRITES[op.action]) {
+    case 'parent':
+      return type === 'dir' && (op.action !== 'rename-in' || typeAt(full(liveRoot, op.source)) !== null)
+    case 'file':
+      return op.at !== '' && type === 'file'
+    case 'nolink':
+      return op.at !== '' && type !== null && type !== 'link'
+    case 'nodir':
+      return op.at !== '' && type !== null && type !== 'dir'
+    case 'dir':
+      return op.at !== '' && type === 'dir'
+    case 'any':
+      return op.at !== '' && type !== null
+  }
+}
+
+/** Attempts the change under the snapshots directory `dir` of the side whose live tree is
+ * `liveRoot`. */
+function runSnapWrite (op: Extract<Op, { kind: 'snapwrite' }>, dir: string, liveRoot: string): string {
+  const p = full(dir, op.at)
+  const sibling = `${full(dir, parentOf(op.at))}/${FRESH}`
+  const inside = `${p}/${FRESH}`
+  switch (op.action) {
+    case 'write':
+      return String(withFd(p, O_WRONLY, fd => writeAll(fd, Buffer.from('x'), 0)))
+    case 'truncate':
+      fs.truncateSync(p, 0)
+      break
+    case 'chmod':
+      fs.chmodSync(p, 0o707)
+      break
+    case 'utimes':
+      fs.utimesSync(p, 1, 1)
+      break
+    case 'unlink':
+      fs.unlinkSync(p)
+      break
+    case 'rmdir':
+      fs.rmdirSync(p)
+      break
+    case 'rename':
+      fs.renameSync(p, sibling)
+      break
+    case 'rename-out':
+      fs.renameSync(p, `${liveRoot}/${FRESH}`)
+      break
+    case 'link':
+      fs.linkSync(p, sibling)
+      break
+    case 'create':
+      fs.closeSync(fs.openSync(inside, O_WRONLY | O_CREAT | O_EXCL, 0o644))
+      break
+    case 'mkdir':
+      fs.mkdirSync(inside, 0o755)
+      break
+    case 'symlink':
+      fs.symlinkSync('a', inside)
+      break
+    case 'rename-in':
+      fs.renameSync(full(liveRoot, op.source), inside)
+      break
+  }
+  return ''
+}
+
+/**
+ * Runs a snapshot operation. A create takes the reference's copy and the snapshot under test
+ * and compares the new snapshot whole; a delete compares the snapshot whole a last time,
+ * removes both and compares the names left (and that the name is gone); a write attempt must fail with EROFS on the side
+ * under test (the reference is not touched) and leave both the snapshots and the live tree as
+ * they were. A create of a name that exists (or beyond MAX_SNAPSHOTS), a delete of one that
+ * does not, and a write attempt that lacks what it needs are skipped, so that any sublist of
+ * operations replays on its own.
+ */
+async function snapshotStep (expected: Side, actual: Side, op: SnapshotOp, s: Snaps): Promise<{ ok: boolean; diff: Diff | null }> {
+  const done: Outcome = { ok: true, value: '' }
+  switch (op.kind) {
+    case 'snapshot': {
+      if (s.live.includes(op.name) || s.live.length >= MAX_SNAPSHOTS) return SKIPPED
+      await s.ref.create(op.name)
+      const oa = await settleAsync(() => s.actual.create(op.name))
+      s.live.push(op.name)
+      s.gone = s.gone.filter(n => n !== op.name)
+      return { ok: true, diff: compareOutcome(done, oa) ?? compareSnapshots(s, [op.name]) }
+    }
+    case 'delete-snapshot': {
+      if (!s.live.includes(op.name)) return SKIPPED
+      const before = compareSnapshots(s, [op.name])
+      if (before) return { ok: true, diff: { ...before, what: `before the delete: ${before.what}` } }
+      await s.ref.remove(op.name)
+      const oa = await settleAsync(() => s.actual.remove(op.name))
+      s.live = s.live.filter(n => n !== op.name)
+      s.gone.push(op.name)
+      return { ok: true, diff: compareOutcome(done, oa) ?? compareSnapshots(s, []) ?? comparePath(s.ref.dir, s.actual.dir, op.name) }
+    }
+    case 'snapwrite': {
+      if (!s.actual.readOnly || !snapWriteApplies(op, s.ref.dir, expected.root)) return SKIPPED
+      const oa = settle(() => runSnapWrite(op, s.actual.dir, actual.root))
+      const d = compareOutcome({ ok: false, code: 'EROFS' }, oa)
+      if (d) return { ok: false, diff: d }
+      for (const rel of [op.at, parentOf(op.at), child(op.at, FRESH), child(parentOf(op.at), FRESH)]) {
+        const dp = comparePath(s.ref.dir, s.actual.dir, rel)
+        if (dp) return { ok: false, diff: { ...dp, what: `under the snapshots: ${dp.what}` } }
+      }
+      for (const rel of new Set(['', op.source])) {
+        const dp = comparePath(expected.root, actual.root, rel)
+        if (dp) return { ok: false, diff: dp }
+      }
+      return { ok: false, diff: null }
+    }
+  }
 }
 
 function sizeOf (path: string): number {
@@ -600,13 +891,19 @@ function pickSize (rng: Rng, size: number): number {
   return rng.pick([1, 4095, 4096, 65535, 65536, 65537, 131072])
 }
 
+/** How the names of new snapshots begin (the rest is the number of the operation that takes
+ * it): plain, with a space, outside ASCII, with a leading dot. */
+const SNAPSHOT_PREFIXES = ['s', 's', 'snap ', 'ω', '.s'] as const
+
 /**
- * Draws the next operation. It looks at the expected side (the reference) to aim most
- * operations at paths that exist, at files to write and at descriptors that are open, and
+ * Draws the next operation, the `i`-th. It looks at the expected side (the reference) to aim
+ * most operations at paths that exist, at files to write and at descriptors that are open, and
  * leaves the rest to chance: missing paths, wrong types and invalid renames are part of the
- * test.
+ * test. With `snaps`, about one operation in 25 takes a snapshot while fewer than MAX_SNAPSHOTS
+ * exist (one in five reuses the name of a deleted one), one in 60 deletes one, and, when
+ * snapshots are read-only, one in 90 attempts a change under one.
  */
-export function generateOp (rng: Rng, ref: Side): Op {
+export function generateOp (rng: Rng, ref: Side, snaps?: SnapView, i = 0): Op {
   const entries = listTree(ref.root)
   const ofType = (type: EntryType): string[] => entries.filter(x => x.type === type).map(x => x.path)
   const files = ofType('file')
@@ -669,6 +966,11 @@ export function generateOp (rng: Rng, ref: Side): Op {
   if (free.length > 0) table.push(['open', 5])
   if (open.length > 0) {
     table.push(['fdwrite', 8], ['fdread', 5], ['fdtruncate', 3], ['fdsync', 2], ['fdstat', 2], ['close', 4])
+  }
+  if (snaps) {
+    if (snaps.live.length < MAX_SNAPSHOTS) table.push(['snapshot', 4])
+    if (snaps.live.length > 0) table.push(['delete-snapshot', 1.5])
+    if (snaps.live.length > 0 && snaps.readOnly) table.push(['snapwrite', 1])
   }
   const kind = rng.weighted(table)
   switch (kind) {
@@ -741,7 +1043,34 @@ export function generateOp (rng: Rng, ref: Side): Op {
     case 'fdstat':
     case 'close':
       return { kind, slot: rng.pick(open) }
+    case 'snapshot': {
+      const name = snaps!.gone.length > 0 && rng.chance(0.2) ? rng.pick(snaps!.gone) : `${rng.pick(SNAPSHOT_PREFIXES)}${i + 1}`
+      return { kind, name }
+    }
+    case 'delete-snapshot':
+      return { kind, name: rng.pick(snaps!.live) }
+    case 'snapwrite':
+      return snapWriteOp(rng, snaps!, anyPath)
   }
+}
+
+/** A write attempt under one of the live snapshots, at a path that suits it (when there is one). */
+function snapWriteOp (rng: Rng, snaps: SnapView, anyPath: () => string): SnapshotOp {
+  const action = rng.pick(SNAP_WRITE_NAMES)
+  const name = rng.pick(snaps.live)
+  const inside = [
+    { path: name, type: 'dir' as EntryType },
+    ...listTree(`${snaps.dir}/${name}`).map(x => ({ ...x, path: `${name}/${x.path}` }))
+  ]
+  const need = SNAP_WRITES[action]
+  const fits = inside.filter(({ type }) =>
+    need === 'file' ? type === 'file'
+      : need === 'nolink' ? type !== 'link'
+        : need === 'nodir' ? type !== 'dir'
+          : need === 'dir' || need === 'parent' ? type === 'dir'
+            : true)
+  const at = need === 'parent' && rng.chance(0.15) ? '' : fits.length > 0 ? rng.pick(fits).path : name
+  return { kind: 'snapwrite', action, at, source: action === 'rename-in' ? anyPath() : '' }
 }
 
 /** Lets the event loop run between steps: the daemon under test may be a child process whose
@@ -765,60 +1094,77 @@ export interface RunResult {
 
 /**
  * Runs `count` operations, each given by `next`, on both sides, comparing after every
- * operation, and stops at the first mismatch.
+ * operation, and stops at the first mismatch. With `snapshots` (how the actual side takes
+ * them), the reference's snapshots are copies in a directory next to `expectedRoot`, removed at
+ * the end, and whenever the trees are compared whole, so is one snapshot in turn (every one at
+ * the end).
  */
 async function drive (
   expectedRoot: string,
   actualRoot: string,
   count: number,
-  next: (expected: Side, i: number) => Op,
-  opts: RunOptions
+  next: (expected: Side, i: number, snaps: SnapView | undefined) => Op,
+  opts: RunOptions,
+  snapshots: Snapshotter | undefined
 ): Promise<RunResult> {
   const expected = openSide(expectedRoot)
   const actual = openSide(actualRoot)
+  const snaps: Snaps | null = snapshots
+    ? { ref: copySnapshots(expectedRoot, fs.mkdtempSync(`${expectedRoot}.snapshots-`)), actual: snapshots, live: [], gone: [] }
+    : null
+  const view = (): SnapView | undefined =>
+    snaps ? { dir: snaps.ref.dir, live: snaps.live, gone: snaps.gone, readOnly: snaps.actual.readOnly } : undefined
   const result: RunResult = { ops: [], okOnExpected: [], mismatch: null }
   const found = (d: Diff, i: number): RunResult => {
     result.mismatch = { ...d, step: i, op: i < 0 ? '(none)' : formatOp(result.ops[i]!) }
     return result
   }
+  const whole = (names: (live: readonly string[]) => readonly string[]): Diff | null => {
+    const dt = compareTrees(expectedRoot, actualRoot)
+    if (dt) return dt
+    return snaps ? compareSnapshots(snaps, names(snaps.live)) : null
+  }
   try {
     for (let i = 0; i < count; i++) {
-      const op = next(expected, i)
+      const op = next(expected, i, view())
       result.ops.push(op)
-      const { ok, diff } = step(expected, actual, op)
+      const { ok, diff } = await step(expected, actual, op, snaps, i)
       result.okOnExpected.push(ok)
       if (diff) return found(diff, i)
       if ((i + 1) % opts.fullEvery === 0) {
-        const dt = compareTrees(expectedRoot, actualRoot)
+        const dt = whole(live => inTurn(live, (i + 1) / opts.fullEvery))
         if (dt) return found({ ...dt, what: `whole tree: ${dt.what}` }, i)
       }
       await yieldToLoop()
     }
-    const dt = compareTrees(expectedRoot, actualRoot)
+    const dt = whole(live => live)
     return dt ? found({ ...dt, what: `whole tree at the end: ${dt.what}` }, count - 1) : result
   } finally {
     closeSide(expected)
     closeSide(actual)
+    if (snaps) fs.rmSync(snaps.ref.dir, { recursive: true, force: true })
   }
 }
 
-/** Draws and runs `steps` random operations from `seed` on both directories. */
+/** Draws and runs `steps` random operations from `seed` on both directories; with `snapshots`,
+ * snapshot operations too. */
 export function runModel (
   expectedRoot: string,
   actualRoot: string,
-  opts: RunOptions & { seed: number; steps: number }
+  opts: RunOptions & { seed: number; steps: number; snapshots?: Snapshotter }
 ): Promise<RunResult> {
   const rng = new Rng(opts.seed)
-  return drive(expectedRoot, actualRoot, opts.steps, expected => generateOp(rng, expected), opts)
+  return drive(expectedRoot, actualRoot, opts.steps, (expected, i, snaps) => generateOp(rng, expected, snaps, i), opts, opts.snapshots)
 }
 
-/** Runs a fixed list of operations on both directories. */
-export function replay (ops: readonly Op[], expectedRoot: string, actualRoot: string, opts: RunOptions): Promise<RunResult> {
-  return drive(expectedRoot, actualRoot, ops.length, (_, i) => ops[i]!, opts)
+/** Runs a fixed list of operations on both directories (snapshot operations are skipped
+ * without `snapshots`). */
+export function replay (ops: readonly Op[], expectedRoot: string, actualRoot: string, opts: RunOptions, snapshots?: Snapshotter): Promise<RunResult> {
+  return drive(expectedRoot, actualRoot, ops.length, (_, i) => ops[i]!, opts, snapshots)
 }
 
 /** Operations that change nothing on a correct file system (but may on the one under test). */
-const READS: ReadonlySet<Op['kind']> = new Set(['read', 'stat', 'readlink', 'fsync', 'fdread', 'fdstat', 'fdsync'])
+const READS: ReadonlySet<Op['kind']> = new Set(['read', 'stat', 'readlink', 'fsync', 'fdread', 'fdstat', 'fdsync', 'snapwrite'])
 
 export interface ShrinkResult {
   /** The shortest failing list found (the list given, cut after the failing operation, when the
@@ -848,7 +1194,7 @@ export async function shrink (
     replays++
     const pair = await makeFreshPair()
     try {
-      return await replay(list, pair.expected, pair.actual, opts)
+      return await replay(list, pair.expected, pair.actual, opts, pair.snapshots)
     } finally {
       await pair.dispose()
     }
