@@ -1,14 +1,19 @@
 /**
  * The store's format and its checker: `snapfs init` makes a store that `snapfs check` passes and
- * `snapfs info` describes; a directory that is not a store, and a store of a newer format, are
+ * `snapfs info` describes; a golden store of format v1 (test/fixtures/store-v1, written by the
+ * v1 code) is upgraded when opened and keeps its files; a directory that is not a store, and a store of a newer format, are
  * refused with one clear line and left untouched; `snapfs check` passes a store after real use
  * and finds the damage in a deliberately broken one (a lost block, a wrong link count).
  */
 import t from 'tap'
-import { mkdtemp, rm, writeFile, readdir, mkdir } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdtemp, rm, writeFile, readdir, mkdir, copyFile, readFile, readlink, stat } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { open } from 'lmdb'
-import { mountFresh, snapfs } from './helpers/mount.js'
+import { freshStore, mountFresh, snapctl, snapfs } from './helpers/mount.js'
+
+/** Stores written by earlier versions of snapfs, one per format version. */
+const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), 'fixtures')
 
 t.setTimeout(5 * 60_000)
 
@@ -102,4 +107,32 @@ t.test('check passes a store after real use, and finds a lost block and a wrong 
   t.match(damaged.stdout, /problem: block \d+ is referenced but missing/)
   t.match(damaged.stdout, /problem: inode \d+ \(volume 1\) has nlink 3, but 1 links exist/)
   t.match(damaged.stdout, /^damaged:/m)
+})
+
+t.test('a golden v1 store is upgraded when opened: same files, check passes, snapshots work', async t => {
+  const site = await freshStore(t)
+  await rm(site.store, { recursive: true })
+  await mkdir(site.store, { mode: 0o700 })
+  await copyFile(join(GOLDEN, 'store-v1', 'data.mdb'), join(site.store, 'data.mdb'))
+  const check = await snapfs(['check', site.store])
+  t.equal(check.code, 0, check.stdout + check.stderr)
+  const info = JSON.parse((await snapfs(['info', site.store, '--json'])).stdout) as { format: number, volumes: Array<{ used: number, written: number }> }
+  t.equal(info.format, 2, 'opened as format v2')
+  t.equal(info.volumes[0].used, info.volumes[0].written, 'all its data counts as written since the (absent) latest snapshot')
+  t.teardown(async () => { await snapfs(['umount', '--force', site.mnt]) })
+  const mount = await snapfs(['mount', site.store, site.mnt])
+  t.equal(mount.code, 0, mount.stderr)
+  const docs = join(site.mnt, 'docs')
+  t.equal(await readFile(join(docs, 'readme'), 'utf8'), 'golden v1 store\n')
+  t.equal(await readFile(join(docs, 'big'), 'utf8'), 'a'.repeat(200000))
+  t.equal((await stat(join(docs, 'hard'))).ino, (await stat(join(docs, 'readme'))).ino, 'the hard link shares the inode')
+  t.equal(await readlink(join(docs, 'link')), 'readme')
+  t.equal((await stat(join(docs, 'big'))).mode & 0o777, 0o640)
+  const create = await snapctl(['-C', site.mnt, 'create', 'after-upgrade'])
+  t.equal(create.code, 0, create.stderr)
+  await writeFile(join(docs, 'readme'), 'changed\n')
+  t.equal(await readFile(join(site.mnt, '.snapshots', 'after-upgrade', 'docs', 'readme'), 'utf8'), 'golden v1 store\n')
+  t.equal((await snapfs(['umount', site.mnt])).code, 0)
+  const after = await snapfs(['check', site.store])
+  t.equal(after.code, 0, after.stdout + after.stderr)
 })
