@@ -14,14 +14,16 @@
 import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import {
-  chmod, chown, link, lstat, mkdir, open, readdir, readFile, readlink, rename, rmdir, stat, symlink,
+  chmod, chown, link, lstat, mkdir, open, readdir, readFile, rename, rmdir, stat, symlink,
   truncate, unlink, utimes, writeFile
 } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   createSnapshot, deleteSnapshot, listSnapshots, showSnapshot, snapshotQuota, UserError
 } from '../dist/src/index.js'
-import { errnoOf, mountFresh, run, type Mounted, type RunResult, sha, snapctl, snapfs } from './helpers/mount.js'
+import { errnoOf, mountFresh, run, type Mounted, sha, snapctl, snapfs } from './helpers/mount.js'
+import { capture, setTimes, setXattr } from './helpers/tree.js'
+import { ctl, ctlJson, ctlOk, failsWithOneLine, listSnapshots as list, type SnapshotInfo } from './helpers/ctl.js'
 
 t.setTimeout(15 * 60_000)
 
@@ -30,145 +32,10 @@ const MiB = 1024 * KiB
 /** One data block: the slack allowed between two byte counts that describe the same data. */
 const BLOCK = 64 * KiB
 
-interface SnapshotInfo {
-  id: number
-  name: string
-  description: string
-  created: number
-  gen: number
-  status: 'creating' | 'ready' | 'deleting'
-  used: number
-  refer: number
-  written: number
-  progress?: { done: number, total: number }
-}
-
 interface Quota { maxCount: number | null, maxBytes: number | null, count: number, bytes: number }
 
-/** snapctl acting on mount `m` (through -C), from a working directory outside it. */
-async function ctl (m: Mounted, args: string[]): Promise<RunResult> {
-  return await snapctl(['-C', m.mnt, ...args], { cwd: '/' })
-}
-
-/** Runs a snapctl command that must succeed and returns its stdout. */
-async function ctlOk (t: Test, m: Mounted, args: string[]): Promise<string> {
-  const r = await ctl(m, args)
-  t.equal(r.code, 0, `snapctl ${args.join(' ')} exits 0 ${r.stderr}`)
-  return r.stdout
-}
-
-async function ctlJson<T> (t: Test, m: Mounted, args: string[]): Promise<T> {
-  return JSON.parse(await ctlOk(t, m, [...args, '--json'])) as T
-}
-
-const list = async (t: Test, m: Mounted): Promise<SnapshotInfo[]> => await ctlJson<SnapshotInfo[]>(t, m, ['list'])
 const quota = async (t: Test, m: Mounted): Promise<Quota> => await ctlJson<Quota>(t, m, ['quota'])
 const snapdir = (m: Mounted, name?: string): string => name === undefined ? join(m.mnt, '.snapshots') : join(m.mnt, '.snapshots', name)
-
-/** A command that must fail the way the spec says: exit 1, nothing on stdout, one `snapctl: ` line. */
-function failsWithOneLine (t: Test, r: RunResult, pattern: RegExp, what: string): void {
-  t.equal(r.code, 1, `${what}: exit code 1`)
-  t.equal(r.stdout, '', `${what}: nothing on stdout`)
-  const lines = r.stderr.trimEnd().split('\n')
-  t.equal(lines.length, 1, `${what}: one line on stderr (${JSON.stringify(r.stderr)})`)
-  t.match(lines[0], /^snapctl: /, `${what}: the line starts with "snapctl: "`)
-  t.match(lines[0], pattern, `${what}: the line says why`)
-}
-
-/** What a file system object looks like from outside: every attribute a snapshot must keep. */
-interface Node {
-  mode: number
-  uid: number
-  gid: number
-  size: number
-  nlink: number
-  atimeMs: number
-  mtimeMs: number
-  ctimeMs: number
-  /** The first path (in sorted order) with the same st_ino: hard links name the same one. */
-  inode: string
-  sha?: string
-  target?: string
-  entries?: string[]
-  xattrs: Record<string, string>
-}
-
-/** Path (relative to the captured root, '.' for the root) → what it looks like. */
-type Tree = Record<string, Node>
-
-/** The user.* extended attributes of everything under `root`, hex-encoded, by relative path. */
-async function xattrsUnder (root: string): Promise<Record<string, Record<string, string>>> {
-  const r = await run('getfattr', ['-R', '-h', '-d', '-m', '^user\\.', '-e', 'hex', '.'], { cwd: root })
-  const found: Record<string, Record<string, string>> = {}
-  let current: Record<string, string> | undefined
-  for (const line of r.stdout.split('\n')) {
-    if (line.startsWith('# file: ')) {
-      const path = line.slice('# file: '.length).replace(/^\.\//, '')
-      current = found[path] = {}
-    } else if (line !== '' && current !== undefined) {
-      const eq = line.indexOf('=')
-      if (eq < 0) current[line] = ''
-      else current[line.slice(0, eq)] = line.slice(eq + 1)
-    }
-  }
-  return found
-}
-
-/**
- * Everything under `root`: contents (sha-256), listings, link targets and xattrs first, then the
- * attributes with lstat, so the access times compared are those left after the reads.
- */
-async function capture (root: string): Promise<Tree> {
-  const read: Record<string, Pick<Node, 'sha' | 'target' | 'entries'>> = {}
-  const walk = async (rel: string): Promise<void> => {
-    const abs = join(root, rel)
-    const st = await lstat(abs)
-    if (st.isDirectory()) {
-      const names = (await readdir(abs)).sort()
-      read[rel] = { entries: names }
-      for (const name of names) await walk(rel === '.' ? name : `${rel}/${name}`)
-    } else if (st.isFile()) {
-      read[rel] = { sha: sha(await readFile(abs)) }
-    } else if (st.isSymbolicLink()) {
-      read[rel] = { target: await readlink(abs) }
-    } else {
-      read[rel] = {}
-    }
-  }
-  await walk('.')
-  const xattrs = await xattrsUnder(root)
-  const tree: Tree = {}
-  const firstWithIno = new Map<bigint, string>()
-  for (const rel of Object.keys(read).sort()) {
-    const st = await lstat(join(root, rel), { bigint: true })
-    const inode = firstWithIno.get(st.ino) ?? rel
-    firstWithIno.set(st.ino, inode)
-    tree[rel] = {
-      mode: Number(st.mode),
-      uid: Number(st.uid),
-      gid: Number(st.gid),
-      size: Number(st.size),
-      nlink: Number(st.nlink),
-      atimeMs: Number(st.atimeNs / 1_000_000n),
-      mtimeMs: Number(st.mtimeNs / 1_000_000n),
-      ctimeMs: Number(st.ctimeNs / 1_000_000n),
-      inode,
-      ...read[rel],
-      xattrs: xattrs[rel] ?? {}
-    }
-  }
-  return tree
-}
-
-/** Sets both times (the binding carries atime in both): fractions that survive seconds as floats. */
-async function setTimes (path: string, ms: number): Promise<void> {
-  await utimes(path, new Date(ms), new Date(ms))
-}
-
-async function setXattr (t: Test, path: string, name: string, value?: string): Promise<void> {
-  const r = await run('setfattr', ['-n', name, ...(value === undefined ? [] : ['-v', value]), path])
-  t.equal(r.code, 0, `setfattr ${name} ${r.stderr}`)
-}
 
 /** Writes, fsyncs and closes a whole file. */
 async function writeSynced (path: string, data: Buffer | string): Promise<void> {

@@ -41,6 +41,12 @@ export function formatBytes (bytes: number): string {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`
 }
 
+/** Rows of cells as aligned columns (the header is the first row), one line each. */
+export function formatTable (rows: string[][]): string {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map(row => row[column].length)))
+  return rows.map(row => row.map((cell, column) => column === row.length - 1 ? cell : cell.padEnd(widths[column])).join('  ')).join('\n') + '\n'
+}
+
 /** Runs a CLI action: a UserError (or any error) becomes one line and a non-zero exit. */
 export async function runAction (program: string, action: () => Promise<void>): Promise<void> {
   try {

@@ -9,7 +9,7 @@ import { Command } from 'commander'
 import { UserError } from '../errors.js'
 import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
-import { formatBytes, parseSize, runAction } from './common.js'
+import { formatBytes, formatTable, parseSize, runAction } from './common.js'
 
 /** Progress of a delete is shown on a terminal once it has run this long. */
 const PROGRESS_AFTER_MS = 1000
@@ -190,8 +190,7 @@ function table (list: SnapshotInfo[]): string {
     const status = s.progress === undefined ? s.status : `${s.status} ${percent(s.progress)}`
     rows.push([s.name, localTime(s.created), formatBytes(s.used), formatBytes(s.refer), formatBytes(s.written), status])
   }
-  const widths = rows[0].map((_, column) => Math.max(...rows.map(row => row[column].length)))
-  return rows.map(row => row.map((cell, column) => column === row.length - 1 ? cell : cell.padEnd(widths[column])).join('  ')).join('\n') + '\n'
+  return formatTable(rows)
 }
 
 function details (s: SnapshotInfo): string {

@@ -19,7 +19,7 @@ import { beginVolumeDelete, promote, volumeDeleteStep } from '../store/clone.js'
 import { acquireVolumeLock } from '../daemon/lock.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
 import { syncMount } from '../native.js'
-import { defaultStore, formatBytes, parseDuration, parseSize, runAction } from './common.js'
+import { defaultStore, formatBytes, formatTable, parseDuration, parseSize, runAction } from './common.js'
 
 const DEFAULT_CACHE = '256M'
 const DEFAULT_DIRTY_AGE = '2s'
@@ -149,8 +149,7 @@ program.command('volumes')
     }
     const rows = [['NAME', 'USED', 'SNAPSHOTS', 'HELD BY SNAPSHOTS', 'ORIGIN', 'STATUS'],
       ...volumes.map(v => [v.name, formatBytes(v.used), String(v.snapshots), formatBytes(v.heldBySnapshots), v.origin ?? '-', v.status])]
-    const widths = rows[0].map((_, column) => Math.max(...rows.map(row => row[column].length)))
-    process.stdout.write(rows.map(row => row.map((cell, column) => column === row.length - 1 ? cell : cell.padEnd(widths[column])).join('  ')).join('\n') + '\n')
+    process.stdout.write(formatTable(rows))
   }))
 
 program.command('promote')
@@ -158,19 +157,9 @@ program.command('promote')
   .argument('[store]')
   .argument('<volume>')
   .action(async (first: string, second: string | undefined) => runAction('snapfs', async () => {
-    const storeDir = second === undefined ? defaultStore() : first
-    const name = second ?? first
-    const store = Store.open(storeDir)
-    try {
-      const release = acquireVolumeLock(store.dir, name)
-      try {
-        store.root.transactionSync(() => { promote(store, name) })
-      } finally {
-        release()
-      }
-    } finally {
-      await store.close()
-    }
+    const name = await withUnmountedVolume(first, second, (store, name) => {
+      store.root.transactionSync(() => { promote(store, name) })
+    })
     process.stdout.write(`volume ${name} no longer depends on a snapshot\n`)
   }))
 
@@ -179,25 +168,35 @@ program.command('delete-volume')
   .argument('[store]')
   .argument('<volume>')
   .action(async (first: string, second: string | undefined) => runAction('snapfs', async () => {
-    const storeDir = second === undefined ? defaultStore() : first
-    const name = second ?? first
-    const store = Store.open(storeDir)
-    try {
-      const release = acquireVolumeLock(store.dir, name)
-      try {
-        const volume = store.root.transactionSync(() => beginVolumeDelete(store, name))
-        let gone = false
-        while (!gone) gone = store.root.transactionSync(() => volumeDeleteStep(store, volume.id, VOLUME_DELETE_BATCH))
-        // LMDB reuses the pages a transaction freed only once a later one has committed.
-        store.root.transactionSync(() => { store.meta.putSync('volumeDeleted', name) })
-      } finally {
-        release()
-      }
-    } finally {
-      await store.close()
-    }
+    const name = await withUnmountedVolume(first, second, (store, name) => {
+      const volume = store.root.transactionSync(() => beginVolumeDelete(store, name))
+      let gone = false
+      while (!gone) gone = store.root.transactionSync(() => volumeDeleteStep(store, volume.id, VOLUME_DELETE_BATCH))
+      // LMDB reuses the pages a transaction freed only once a later one has committed.
+      store.root.transactionSync(() => { store.meta.putSync('volumeDeleted', name) })
+    })
     process.stdout.write(`deleted volume ${name}\n`)
   }))
+
+/**
+ * Opens the store of `[store] <volume>` arguments, holds the volume's lock (so no daemon serves
+ * it meanwhile) while `body` runs, and closes the store; returns the volume's name.
+ */
+async function withUnmountedVolume (first: string, second: string | undefined, body: (store: Store, name: string) => void): Promise<string> {
+  const name = second ?? first
+  const store = Store.open(second === undefined ? defaultStore() : first)
+  try {
+    const release = acquireVolumeLock(store.dir, name)
+    try {
+      body(store, name)
+    } finally {
+      release()
+    }
+  } finally {
+    await store.close()
+  }
+  return name
+}
 
 program.command('check')
   .description('verify every invariant of a store (run it on an unmounted store)')

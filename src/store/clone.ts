@@ -60,7 +60,7 @@ export function cloneStep (store: Store, id: number, limit: number): VolumeRecor
   let copied = 0
   while (phase < PHASES && copied < limit) {
     const table = TABLES[Math.floor(phase / 2)]
-    const db = databaseOf(store, table)
+    const db = store.headsOf(table)
     const heads = phase % 2 === 0
     const prefix = heads ? volumePrefix(clone.origin.volume) : Buffer.concat([Buffer.from([table]), volumePrefix(clone.origin.volume)])
     const range = prefixRange(prefix)
@@ -115,10 +115,6 @@ function copy (store: Store, clone: VolumeRecord, table: Table, db: Database<any
   store.births.putSync(birthKey(clone.id, clone.gen, table, key), EMPTY)
 }
 
-function databaseOf (store: Store, table: Table): Database<any, Buffer> {
-  return table === Table.Inode ? store.inodes : table === Table.Dirent ? store.dirents : table === Table.Xattr ? store.xattrs : store.bmap
-}
-
 /** The clones made from snapshot `gen` of volume `vol` (and not promoted). */
 export function clonesOf (store: Store, vol: number, gen: number): string[] {
   return [...store.volumes.getRange()].map(({ value }) => value)
@@ -155,7 +151,7 @@ export function volumeDeleteStep (store: Store, id: number, limit: number): bool
   const prefix = prefixRange(volumePrefix(id))
   let left = limit
   for (const table of TABLES) {
-    const db = databaseOf(store, table)
+    const db = store.headsOf(table)
     for (const { key, value } of [...db.getRange({ ...prefix, limit: left })]) {
       if (table === Table.Bmap) releaseBlock(store, decodeBmap(value as Buffer).block)
       db.removeSync(key)

@@ -89,7 +89,7 @@ export class SnapshotReader {
       if (head !== undefined && decodeBmap(head).birth <= this.gen) return Buffer.from(head)
       return this.version(table, key)
     }
-    const db = table === Table.Inode ? this.store.inodes : table === Table.Dirent ? this.store.dirents : this.store.xattrs
+    const db = this.store.headsOf(table)
     const head = db.get(key) as { b: number } | undefined
     if (head !== undefined && head.b <= this.gen) return Buffer.from(db.getBinary(key) as Buffer)
     return this.version(table, key)

@@ -214,6 +214,11 @@ export class Store {
     if (blocks.length > 0) this.blocks.prefetch(blocks.map(blockKey), () => {})
   }
 
+  /** The database of the head records of a versioned table. */
+  headsOf (table: Table): Database<any, Buffer> {
+    return table === Table.Inode ? this.inodes : table === Table.Dirent ? this.dirents : table === Table.Xattr ? this.xattrs : this.bmap
+  }
+
   /** Decodes a record value kept raw in history (encoded by `db`, one of the record databases). */
   decodeRecord<T> (db: Database<any, Buffer>, raw: Buffer): T {
     return (db as unknown as { decoder: { decode: (buf: Buffer) => T } }).decoder.decode(raw)

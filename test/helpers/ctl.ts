@@ -5,26 +5,9 @@
  */
 import type { Test } from 'tap'
 import { snapctl, snapfs, type Mounted, type RunResult } from './mount.js'
+import type { SnapshotInfo } from '../../src/api.js'
 
-export interface SnapshotInfo {
-  id: number
-  name: string
-  description: string
-  created: number
-  gen: number
-  status: 'creating' | 'ready' | 'deleting'
-  used: number
-  refer: number
-  written: number
-  progress?: { done: number, total: number }
-}
-
-export interface DiffEntry {
-  change: '+' | '-' | 'M' | 'R'
-  path: string
-  to?: string
-  type: 'file' | 'directory' | 'symlink' | 'other'
-}
+export type { DiffEntry, SnapshotInfo } from '../../src/api.js'
 
 /** snapctl acting on mount `m` (through -C), from a working directory outside it. */
 export async function ctl (m: Mounted, args: string[]): Promise<RunResult> {
