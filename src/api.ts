@@ -8,11 +8,11 @@ import { spawnSync } from 'node:child_process'
 import { call } from './control/client.js'
 import { absoluteMountpoint } from './daemon/mounts.js'
 import { syncMount } from './native.js'
-import type { QuotaInfo, RollbackResult, SnapshotInfo } from './fs/snapshots.js'
+import type { JobInfo, QuotaInfo, RollbackResult, SnapshotInfo } from './fs/snapshots.js'
 import type { DiffEntry } from './fs/diff.js'
 import type { RestoreResult } from './fs/restore.js'
 
-export type { QuotaInfo, RollbackResult, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
+export type { JobInfo, QuotaInfo, RollbackResult, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
 export type { DiffChange, DiffEntry, DiffType } from './fs/diff.js'
 export type { RestoreResult } from './fs/restore.js'
 
@@ -78,16 +78,26 @@ export interface RollbackOptions {
   safetySnapshot?: boolean
   /** Roll back even with files open on the mount (their descriptors then fail with ESTALE). */
   force?: boolean
+  /**
+   * Resolve once every changed record is set back (the default); false resolves as soon as the
+   * volume reads as the snapshot, the rest going on in the background (see `listJobs`).
+   */
+  wait?: boolean
 }
 
 /**
  * Makes the live volume exactly what snapshot `name` holds, in time proportional to what changed
- * since, keeping every snapshot (newer ones included).
+ * since, keeping every snapshot (newer ones included). The mount keeps answering meanwhile.
  */
 export async function rollbackToSnapshot (mountpoint: string, name: string, options: RollbackOptions = {}): Promise<RollbackResult> {
   return await call(absoluteMountpoint(mountpoint), 'snapshot.rollback', {
-    name, dryRun: options.dryRun === true, safety: options.safetySnapshot !== false, force: options.force === true
+    name, dryRun: options.dryRun === true, safety: options.safetySnapshot !== false, force: options.force === true, wait: options.wait !== false
   }) as RollbackResult
+}
+
+/** The long operations (rollback, delete, clone, restore) the daemon is running, with their progress. */
+export async function listJobs (mountpoint: string): Promise<JobInfo[]> {
+  return await call(absoluteMountpoint(mountpoint), 'jobs') as JobInfo[]
 }
 
 /**

@@ -8,17 +8,22 @@
  * - with a file open on the mount it is refused and changes nothing; --force then rolls back and
  *   the descriptors opened before fail with ESTALE; new files work afterwards, and later snapshot
  *   and rollback round trips (back, forward, --no-safety-snapshot, the package API) give each
- *   snapshot's content.
+ *   snapshot's content;
+ * - with --no-wait it returns as soon as the volume reads as the snapshot while the records are
+ *   set back in the background (`snapctl jobs`): the mount serves reads, writes, creates and
+ *   removes meanwhile, and they are all there when the rollback has finished, after a remount too.
  */
 import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  chmod, chown, link, mkdir, open, readFile, rename, rmdir, stat, symlink, truncate, unlink, writeFile
+  chmod, chown, link, mkdir, open, readdir, readFile, rename, rmdir, stat, symlink, truncate, unlink, writeFile
 } from 'node:fs/promises'
 import { constants } from 'node:os'
 import { join } from 'node:path'
 import { rollbackToSnapshot } from '../dist/src/index.js'
 import { ctl, ctlJson, ctlOk, type DiffEntry, failsWithOneLine, listSnapshots, umountAndCheck } from './helpers/ctl.js'
+import type { JobInfo } from '../src/api.js'
 import { errnoOf, mountFresh, type Mounted } from './helpers/mount.js'
 import { capture, mkfifo, removeXattr, setTimes, settledCapture, setXattr } from './helpers/tree.js'
 
@@ -27,7 +32,7 @@ t.setTimeout(3 * 60_000)
 const KiB = 1024
 const MiB = 1024 * KiB
 
-interface RollbackJson { name: string, safetySnapshot: string | null, records: number, changes: DiffEntry[], elapsedMs: number }
+interface RollbackJson { name: string, safetySnapshot: string | null, records: number, done: boolean, changes: DiffEntry[], elapsedMs: number }
 
 const snapshotOf = (m: Mounted, name: string): string => join(m.mnt, '.snapshots', name)
 
@@ -235,4 +240,42 @@ t.test('open files refuse a rollback; --force rolls back and their descriptors f
   failsWithOneLine(t, await ctl(m, ['rollback', 'nosuch']), /no snapshot/i, 'rollback to an unknown snapshot')
 
   await umountAndCheck(t, m)
+})
+
+t.test('with --no-wait the mount answers while the records are set back, and keeps what it was told meanwhile', { timeout: 120_000 }, async t => {
+  const m = await mountFresh(t)
+  await mkdir(join(m.mnt, 'kept'))
+  await writeFile(join(m.mnt, 'kept', 'a'), 'a at the snapshot\n')
+  await writeFile(join(m.mnt, 'kept', 'b'), 'b at the snapshot\n')
+  await ctlOk(t, m, ['create', 's0'])
+  for (let d = 0; d < 20; d++) {
+    await mkdir(join(m.mnt, `d${d}`))
+    await Promise.all(Array.from({ length: 100 }, async (_, i) => await writeFile(join(m.mnt, `d${d}`, `f${i}`), `${d}/${i}\n`)))
+  }
+  await writeFile(join(m.mnt, 'kept', 'a'), 'a after the snapshot\n')
+
+  const result = await ctlJson<RollbackJson>(t, m, ['rollback', '--no-wait', '--no-safety-snapshot', 's0'])
+  const running = (await ctlJson<JobInfo[]>(t, m, ['jobs'])).find(j => j.kind === 'rollback')
+  t.comment(running === undefined ? `every record was set back before jobs answered (${result.records})` : `still setting back: ${running.done} of ${running.total}`)
+  t.ok(result.records >= 6000, `${result.records} records to set back`)
+  t.equal(await readFile(join(m.mnt, 'kept', 'a'), 'utf8'), 'a at the snapshot\n', 'the volume reads as the snapshot once the command returns')
+  t.equal(await errnoOf(() => stat(join(m.mnt, 'd0'))), 'ENOENT', 'a directory made after the snapshot is gone')
+  await writeFile(join(m.mnt, 'kept', 'b'), 'b written during the rollback\n')
+  await writeFile(join(m.mnt, 'during'), 'created during the rollback\n')
+  await unlink(join(m.mnt, 'kept', 'a'))
+  await mkdir(join(m.mnt, 'd0'))
+  await writeFile(join(m.mnt, 'd0', 'f0'), 'a name reused during the rollback\n')
+  while ((await ctlJson<JobInfo[]>(t, m, ['jobs'])).length > 0) await sleep(50)
+
+  const expected = {
+    'kept/b': 'b written during the rollback\n', during: 'created during the rollback\n', 'd0/f0': 'a name reused during the rollback\n'
+  }
+  for (const [path, text] of Object.entries(expected)) t.equal(await readFile(join(m.mnt, path), 'utf8'), text, `${path} keeps what was written during the rollback`)
+  t.equal(await errnoOf(() => stat(join(m.mnt, 'kept', 'a'))), 'ENOENT', 'a file removed during the rollback stays removed')
+  t.same((await readdir(m.mnt)).sort(), ['d0', 'during', 'kept'], 'nothing else came back')
+  t.equal(await m.umount(), 0)
+  const again = await m.remount()
+  for (const [path, text] of Object.entries(expected)) t.equal(await readFile(join(again.mnt, path), 'utf8'), text, `${path} after a remount`)
+  t.same((await readdir(join(again.mnt, 'd0'))), ['f0'])
+  await umountAndCheck(t, again)
 })

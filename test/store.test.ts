@@ -1,7 +1,8 @@
 /**
  * The store's format and its checker: `snapfs init` makes a store that `snapfs check` passes and
- * `snapfs info` describes; a golden store of format v1 (test/fixtures/store-v1, written by the
- * v1 code) is upgraded when opened and keeps its files; a directory that is not a store, and a store of a newer format, are
+ * `snapfs info` describes; golden stores of formats v1 and v2 (test/fixtures/store-v1 and
+ * store-v2, each written by the code of its version) are upgraded when opened and keep their files
+ * and snapshots; a directory that is not a store, and a store of a newer format, are
  * refused with one clear line and left untouched; `snapfs check` passes a store after real use
  * and finds the damage in a deliberately broken one (a lost block, a wrong link count).
  */
@@ -33,14 +34,14 @@ t.test('init makes a store that check passes and info describes', async t => {
   const store = join(dir, 'store.with.dots')
   const init = await snapfs(['init', store, '--block-size', '32K'])
   t.equal(init.code, 0, init.stderr)
-  t.match(init.stdout, /format v2, 32\.0 KiB blocks, volume main/)
+  t.match(init.stdout, /format v3, 32\.0 KiB blocks, volume main/)
   const check = await snapfs(['check', store])
   t.equal(check.code, 0, check.stdout + check.stderr)
   t.match(check.stdout, /^ok: 1 inodes/m)
   const info = await snapfs(['info', store, '--json'])
   t.equal(info.code, 0, info.stderr)
   const parsed = JSON.parse(info.stdout) as { format: number, blockSize: number, volumes: Array<{ name: string }> }
-  t.equal(parsed.format, 2)
+  t.equal(parsed.format, 3)
   t.equal(parsed.blockSize, 32 * 1024)
   t.same(parsed.volumes.map(v => v.name), ['main'])
   const again = await snapfs(['init', store])
@@ -79,7 +80,7 @@ t.test('a store of a newer format is refused, not opened', async t => {
   for (const args of [['check', store], ['info', store], ['mount', store, join(dir, 'mnt'), '--foreground']]) {
     const result = await snapfs(args)
     t.not(result.code, 0, `${args[0]} fails`)
-    t.match(result.stderr, /store format v99, newer than this snapfs \(reads up to v2\)/, `${args[0]} says why`)
+    t.match(result.stderr, /store format v99, newer than this snapfs \(reads up to v3\)/, `${args[0]} says why`)
   }
 })
 
@@ -117,7 +118,7 @@ t.test('a golden v1 store is upgraded when opened: same files, check passes, sna
   const check = await snapfs(['check', site.store])
   t.equal(check.code, 0, check.stdout + check.stderr)
   const info = JSON.parse((await snapfs(['info', site.store, '--json'])).stdout) as { format: number, volumes: Array<{ used: number, written: number }> }
-  t.equal(info.format, 2, 'opened as format v2')
+  t.equal(info.format, 3, 'opened as format v3')
   t.equal(info.volumes[0].used, info.volumes[0].written, 'all its data counts as written since the (absent) latest snapshot')
   t.teardown(async () => { await snapfs(['umount', '--force', site.mnt]) })
   const mount = await snapfs(['mount', site.store, site.mnt])
@@ -132,6 +133,33 @@ t.test('a golden v1 store is upgraded when opened: same files, check passes, sna
   t.equal(create.code, 0, create.stderr)
   await writeFile(join(docs, 'readme'), 'changed\n')
   t.equal(await readFile(join(site.mnt, '.snapshots', 'after-upgrade', 'docs', 'readme'), 'utf8'), 'golden v1 store\n')
+  t.equal((await snapfs(['umount', site.mnt])).code, 0)
+  const after = await snapfs(['check', site.store])
+  t.equal(after.code, 0, after.stdout + after.stderr)
+})
+
+t.test('a golden v2 store is upgraded when opened: same files, its snapshot still browsable, check passes', async t => {
+  const site = await freshStore(t)
+  await rm(site.store, { recursive: true })
+  await mkdir(site.store, { mode: 0o700 })
+  await copyFile(join(GOLDEN, 'store-v2', 'data.mdb'), join(site.store, 'data.mdb'))
+  const check = await snapfs(['check', site.store])
+  t.equal(check.code, 0, check.stdout + check.stderr)
+  const info = JSON.parse((await snapfs(['info', site.store, '--json'])).stdout) as { format: number }
+  t.equal(info.format, 3, 'opened as format v3')
+  t.teardown(async () => { await snapfs(['umount', '--force', site.mnt]) })
+  const mount = await snapfs(['mount', site.store, site.mnt])
+  t.equal(mount.code, 0, mount.stderr)
+  const docs = join(site.mnt, 'docs')
+  const golden = join(site.mnt, '.snapshots', 'golden', 'docs')
+  t.equal(await readFile(join(docs, 'readme'), 'utf8'), 'changed after the snapshot\n')
+  t.equal(await readFile(join(golden, 'readme'), 'utf8'), 'golden v2 store\n', 'the snapshot keeps the old bytes')
+  t.equal(await readFile(join(golden, 'big'), 'utf8'), 'b'.repeat(200000))
+  t.equal((await stat(join(golden, 'hard'))).ino, (await stat(join(golden, 'readme'))).ino, 'the hard link shares the inode')
+  t.equal(await readlink(join(golden, 'link')), 'readme')
+  const rollback = await snapctl(['-C', site.mnt, 'rollback', '--no-safety-snapshot', 'golden'])
+  t.equal(rollback.code, 0, rollback.stderr)
+  t.equal(await readFile(join(docs, 'readme'), 'utf8'), 'golden v2 store\n', 'rolled back to the v2 snapshot')
   t.equal((await snapfs(['umount', site.mnt])).code, 0)
   const after = await snapfs(['check', site.store])
   t.equal(after.code, 0, after.stdout + after.stderr)

@@ -7,11 +7,11 @@
 import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listJobs, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type JobInfo, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, formatTable, parseSize, runAction } from './common.js'
 
-/** Progress of a delete is shown on a terminal once it has run this long. */
+/** Progress of a long operation is shown on a terminal once it has run this long. */
 const PROGRESS_AFTER_MS = 1000
 const PROGRESS_EVERY_MS = 250
 
@@ -79,7 +79,7 @@ program.command('delete')
   .action(async (name: string, opts: { wait: boolean, json?: boolean }) => runAction('snapctl', async () => {
     const mnt = mountOf()
     const deleting = deleteSnapshot(mnt, name, { wait: opts.wait })
-    const stopProgress = opts.wait && process.stderr.isTTY ? showProgress(mnt, name) : () => {}
+    const stopProgress = opts.wait ? showProgress(mnt, 'delete', name) : () => {}
     try {
       const result = await deleting
       print(opts.json, result, () => opts.wait
@@ -110,14 +110,33 @@ program.command('rollback')
   .option('--dry-run', 'list what would change, change nothing')
   .option('--no-safety-snapshot', 'do not snapshot the state before the rollback')
   .option('--force', 'roll back even with files open on the mount (their descriptors then fail with ESTALE)')
+  .option('--no-wait', 'return once the volume reads as the snapshot; the changed records are set back in the background (snapctl jobs)')
   .option('--json', 'machine-readable output')
-  .action(async (name: string, opts: { dryRun?: boolean, safetySnapshot: boolean, force?: boolean, json?: boolean }) => runAction('snapctl', async () => {
+  .action(async (name: string, opts: { dryRun?: boolean, safetySnapshot: boolean, force?: boolean, wait: boolean, json?: boolean }) => runAction('snapctl', async () => {
     const mnt = mountOf()
-    const result = await rollbackToSnapshot(mnt, name, { dryRun: opts.dryRun === true, safetySnapshot: opts.safetySnapshot, force: opts.force === true })
+    const rolling = rollbackToSnapshot(mnt, name, { dryRun: opts.dryRun === true, safetySnapshot: opts.safetySnapshot, force: opts.force === true, wait: opts.wait })
+    const stopProgress = opts.wait && opts.dryRun !== true ? showProgress(mnt, 'rollback', name) : () => {}
+    let result
+    try {
+      result = await rolling
+    } finally {
+      stopProgress()
+    }
+    const done = result.done ? `${result.records} records set back` : `${result.records} records being set back in the background`
     print(opts.json, result, () => opts.dryRun === true
       ? result.changes.map(e => e.change === 'R' ? `R\t${path.join(mnt, e.to ?? '')} -> ${path.join(mnt, e.path)}\n` : `${undo(e.change)}\t${path.join(mnt, e.path)}\n`).join('')
-      : `rolled back to ${name}: ${result.records} records set back in ${result.elapsedMs} ms` +
+      : `rolled back to ${name}: ${done} in ${result.elapsedMs} ms` +
         (result.safetySnapshot === null ? '' : `; the state before is snapshot ${result.safetySnapshot}`) + '\n')
+  }))
+
+program.command('jobs')
+  .description('the long operations running in the background (rollbacks, deletes, clones, restores) and their progress')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { json?: boolean }) => runAction('snapctl', async () => {
+    const jobs = await listJobs(mountOf())
+    print(opts.json, jobs, () => jobs.length === 0
+      ? 'no jobs running\n'
+      : formatTable([['JOB', 'TARGET', 'PROGRESS', 'LEFT'], ...jobs.map(j => [j.kind, j.target, progressOf(j), timeLeft(j)])]))
   }))
 
 /** What a rollback does to a path that `diff NAME` reports with `change`. */
@@ -213,17 +232,28 @@ function localTime (ms: number): string {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`
 }
 
-/** Shows a delete's progress and the time left on stderr, from its second second on. */
-function showProgress (mnt: string, name: string): () => void {
+function progressOf (job: JobInfo): string {
+  return job.total === 0 ? (job.done === 0 ? 'starting' : String(job.done)) : `${percent(job)} (${job.done} of ${job.total})`
+}
+
+function timeLeft (job: JobInfo): string {
+  return job.secondsLeft === null ? '-' : `about ${job.secondsLeft} s`
+}
+
+/**
+ * On a terminal, shows the progress of the `kind` job on `target` and its time left on stderr,
+ * from its second second on, until the returned function is called.
+ */
+function showProgress (mnt: string, kind: JobInfo['kind'], target: string): () => void {
+  if (process.stderr.isTTY !== true) return () => {}
   const started = Date.now()
   let shown = false
   const timer = setInterval(() => {
     if (Date.now() - started < PROGRESS_AFTER_MS) return
-    showSnapshot(mnt, name).then(info => {
-      if (info.progress === undefined || info.progress.done === 0) return
-      const elapsed = (Date.now() - started) / 1000
-      const left = elapsed * (info.progress.total - info.progress.done) / info.progress.done
-      process.stderr.write(`\rdeleting ${name}: ${percent(info.progress)}, about ${Math.ceil(left)} s left   `)
+    listJobs(mnt).then(jobs => {
+      const job = jobs.find(j => j.kind === kind && j.target === target)
+      if (job === undefined) return
+      process.stderr.write(`\r${kind} ${target}: ${progressOf(job)}, ${job.secondsLeft === null ? 'time left unknown' : `about ${job.secondsLeft} s left`}   `)
       shown = true
     }, () => {})
   }, PROGRESS_EVERY_MS)

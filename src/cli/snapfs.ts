@@ -209,6 +209,7 @@ program.command('check')
     if (opts.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
     else {
       for (const problem of report.problems) process.stdout.write(`problem: ${problem}\n`)
+      for (const note of report.unfinished) process.stdout.write(`unfinished: ${note}\n`)
       process.stdout.write(`${report.problems.length === 0 ? 'ok' : 'damaged'}: ${report.inodes} inodes, ${report.dirents} entries, ${report.blocks} blocks checked (${report.snapshots} snapshots, ${report.versions} old versions)\n`)
     }
     if (report.problems.length > 0) process.exit(2)

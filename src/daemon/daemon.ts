@@ -121,8 +121,9 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     'snapshot.diff': async (args) => await snapshots.diff(String(args.from ?? ''), args.to === undefined || args.to === null ? undefined : String(args.to)),
     'snapshot.restore': async (args) => await snapshots.restore(String(args.name ?? ''), String(args.path ?? ''), typeof args.to === 'string' ? args.to : undefined),
     'snapshot.rollback': async (args) => await snapshots.rollback(String(args.name ?? ''), {
-      dryRun: args.dryRun === true, safety: args.safety !== false, force: args.force === true
+      dryRun: args.dryRun === true, safety: args.safety !== false, force: args.force === true, wait: args.wait !== false
     }),
+    jobs: async () => snapshots.jobs(),
     'snapshot.clone': async (args) => await snapshots.clone(String(args.name ?? ''), String(args.volume ?? ''), args.wait !== false),
     'snapshot.quota': async (args) => await snapshots.quota(quotaChange(args)),
     unmount: async (args) => {

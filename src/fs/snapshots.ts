@@ -14,7 +14,7 @@ import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
 import { diffGenerations, type DiffEntry } from './diff.js'
 import { restoreTree, type RestoreResult } from './restore.js'
-import { rollbackTo } from '../store/rollback.js'
+import { applyStep, beginRollback, scanStep, switchRollback } from '../store/rollback.js'
 import { beginClone, cloneStep } from '../store/clone.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
 import { isDir } from './inode.js'
@@ -36,6 +36,9 @@ const PRE_FLUSH_ROUNDS = 3
 const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
 /** Records one clone step copies. */
 const CLONE_BATCH = 1024
+/** Changed records one rollback step lists, and sets back. */
+const ROLLBACK_SCAN_BATCH = 8192
+const ROLLBACK_APPLY_BATCH = 1024
 /**
  * How long the kernel may keep a name it looked up (libfuse 2's default entry timeout, 1 s, with
  * a margin). fuse-native cannot invalidate the kernel's entries, so a snapshot created under the
@@ -89,9 +92,23 @@ export interface RollbackResult {
   safetySnapshot: string | null
   /** Records (inodes, entries, xattrs, block map entries) set back. */
   records: number
+  /** Whether every record is set back; if not, the rest are being set back in the background. */
+  done: boolean
   /** With a dry run: what would change. */
   changes: DiffEntry[]
   elapsedMs: number
+}
+
+/** A long operation the daemon is running in the background, with its progress. */
+export interface JobInfo {
+  kind: 'rollback' | 'delete' | 'clone' | 'restore'
+  /** The snapshot, volume or path it works on. */
+  target: string
+  /** Units done and to do (records, dead-list entries, inodes); total 0 while unknown. */
+  done: number
+  total: number
+  /** Estimated from the rate so far; null until there is one. */
+  secondsLeft: number | null
 }
 
 export interface QuotaInfo {
@@ -108,8 +125,12 @@ export class Snapshots {
   private catalogue: SnapshotRecord[]
   private readonly creating = new Map<string, SnapshotInfo>()
   private readonly views = new Map<number, SnapshotView>()
-  /** Who waits for a background job: a delete by snapshot id, a clone by minus its volume id. */
-  private readonly finished = new Map<number, Array<(value: number) => void>>()
+  /** Who waits for a background job to reach a point ("delete:ID", "clone:ID", "rollback:switched", "rollback:done"). */
+  private readonly finished = new Map<string, Array<(value: number) => void>>()
+  /** Where each running job was when this daemon first saw it progress: for the time left. */
+  private readonly rates = new Map<string, { at: number, done: number }>()
+  /** Restores of a tree under way, by the path they restore to. */
+  private readonly restores = new Map<string, { done: number, total: number }>()
   /** When each recently deleted snapshot left `.snapshots`, by name. */
   private readonly hidden = new Map<string, number>()
   private worker: Promise<void> | null = null
@@ -170,6 +191,7 @@ export class Snapshots {
     if (this.creating.has(name) || this.catalogue.some(s => s.name === name)) throw new UserError(`a snapshot named "${name}" already exists`)
     const volume = this.volume
     checkQuota(volume.record, this.catalogue)
+    await this.rollbackFinished()
     const since = Date.now() - (this.hidden.get(name) ?? 0)
     if (since < KERNEL_ENTRY_MS) await new Promise(resolve => setTimeout(resolve, KERNEL_ENTRY_MS - since))
     this.hidden.delete(name)
@@ -204,6 +226,7 @@ export class Snapshots {
    */
   async delete (name: string, wait: boolean): Promise<{ name: string, freed: number }> {
     const volume = this.volume
+    if (volume.record.rollback?.name === name) throw new UserError(`snapshot ${name} is the target of the rollback in progress; delete it once that is done`)
     const record = await volume.writeback.commitWith(() => markDeleting(volume.store, volume.record, name), { allPages: false })
     volume.store.flushed()
     this.catalogue = snapshotsOf(volume.store, volume.record.id)
@@ -215,7 +238,7 @@ export class Snapshots {
       view.invalidate()
       this.views.delete(record.gen)
     }
-    const done = wait ? new Promise<number>(resolve => this.onFinished(record.id, resolve)) : null
+    const done = wait ? this.reached(`delete:${record.id}`) : null
     this.resume()
     return { name, freed: done === null ? 0 : await done }
   }
@@ -226,6 +249,7 @@ export class Snapshots {
    */
   async diff (from: string, to: string | undefined): Promise<DiffEntry[]> {
     const volume = this.volume
+    if (to === undefined) await this.rollbackFinished()
     await volume.writeback.commit()
     const start = this.readyRecord(from)
     const end = to === undefined ? volume.record.gen : this.readyRecord(to).gen
@@ -265,11 +289,17 @@ export class Snapshots {
    * snapshot of the state before is taken first unless `safety` is false. Refused while files are
    * open on the mount, unless forced: their descriptors then answer ESTALE. With `dryRun`, only
    * lists what would change (as `diff NAME`).
+   *
+   * The changed records are listed and then set back in the background (store/rollback.ts); the
+   * mount keeps answering throughout. Resolves once the volume reads as the snapshot, or with
+   * `wait` once every record is set back.
    */
-  async rollback (name: string, options: { dryRun: boolean, safety: boolean, force: boolean }): Promise<RollbackResult> {
+  async rollback (name: string, options: { dryRun: boolean, safety: boolean, force: boolean, wait: boolean }): Promise<RollbackResult> {
     const volume = this.volume
     const record = this.readyRecord(name)
-    if (options.dryRun) return { name, safetySnapshot: null, records: 0, changes: await this.diff(name, undefined), elapsedMs: 0 }
+    if (options.dryRun) return { name, safetySnapshot: null, records: 0, done: false, changes: await this.diff(name, undefined), elapsedMs: 0 }
+    const running = volume.record.rollback
+    if (running !== undefined) throw new UserError(`a rollback to ${running.name} is in progress; wait for it to finish (snapctl jobs)`)
     const open = volume.openHandles()
     if (open > 0 && !options.force) {
       throw new UserError(`${open === 1 ? 'a file is' : `${open} files are`} open on the mount; close them, or use --force (their descriptors then fail with ESTALE)`)
@@ -280,19 +310,24 @@ export class Snapshots {
       safetySnapshot = `${name}.before-rollback.${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}`
       await this.create(safetySnapshot, `the volume before the rollback to ${name}`)
     }
-    await volume.writeback.commit()
-    const release = volume.holdWrites()
-    let records: number
-    try {
-      records = await volume.writeback.commitWith(() => rollbackTo(volume.store, volume.record, record.gen), { allPages: true, blocking: true })
-      volume.reload()
-    } finally {
-      release()
-    }
+    await volume.writeback.commitWith(() => beginRollback(volume.store, volume.record, record, Date.now()), { allPages: false })
     volume.store.flushed()
+    const switched = this.reached('rollback:switched')
+    const done = options.wait ? this.reached('rollback:done') : null
+    this.resume()
+    const listed = await switched
+    const records = done === null ? listed : await done
     const elapsedMs = Math.round(performance.now() - started)
-    debug('rolled back to %s: %d records in %d ms', name, records, elapsedMs)
-    return { name, safetySnapshot, records, changes: [], elapsedMs }
+    debug('rolled back to %s: %d records in %d ms%s', name, records, elapsedMs, done === null ? ' (setting back in the background)' : '')
+    return { name, safetySnapshot, records, done: done !== null || volume.record.rollback === undefined, changes: [], elapsedMs }
+  }
+
+  /** Resolves once no rollback is setting records back: what reads the whole volume at once waits for it. */
+  private async rollbackFinished (): Promise<void> {
+    if (this.volume.record.rollback === undefined) return
+    const done = this.reached('rollback:done')
+    this.resume()
+    await done
   }
 
   /** Shows, or sets then shows, the volume's snapshot quotas. */
@@ -321,15 +356,43 @@ export class Snapshots {
     const record = this.readyRecord(name)
     const clone = await volume.writeback.commitWith(() => beginClone(volume.store, volume.record, record, volumeName, Date.now()), { allPages: false })
     volume.store.flushed()
-    const done = wait ? new Promise<number>(resolve => this.onFinished(-clone.id, resolve)) : null
+    const done = wait ? this.reached(`clone:${clone.id}`) : null
     this.resume()
     return { volume: volumeName, origin: name, records: done === null ? 0 : await done }
   }
 
-  /** Starts the background worker if a snapshot is being deleted or a clone copied. */
+  /** The long operations running in the background, with their progress. */
+  jobs (): JobInfo[] {
+    const jobs: JobInfo[] = []
+    const rollback = this.volume.record.rollback
+    if (rollback !== undefined) jobs.push(this.job('rollback', 'rollback', rollback.name, rollback.done, rollback.total))
+    for (const s of this.catalogue) {
+      if (s.status === 'deleting') jobs.push(this.job(`delete:${s.id}`, 'delete', s.name, s.done ?? 0, s.total ?? 0))
+    }
+    const clone = this.cloning()
+    if (clone !== undefined) jobs.push(this.job(`clone:${clone.id}`, 'clone', clone.name, 0, 0))
+    for (const [path, progress] of this.restores) jobs.push(this.job(`restore:${path}`, 'restore', path, progress.done, progress.total))
+    return jobs
+  }
+
+  /** A job's progress, with the time left estimated from its rate since this daemon first reported it. */
+  private job (key: string, kind: JobInfo['kind'], target: string, done: number, total: number): JobInfo {
+    const now = Date.now()
+    let since = this.rates.get(key)
+    if (since === undefined || since.done > done) {
+      since = { at: now, done }
+      this.rates.set(key, since)
+    }
+    const secondsLeft = done > since.done && total > done
+      ? Math.ceil((now - since.at) / 1000 * (total - done) / (done - since.done))
+      : null
+    return { kind, target, done, total, secondsLeft }
+  }
+
+  /** Starts the background worker if a rollback is running, a snapshot being deleted or a clone copied. */
   resume (): void {
     if (this.worker !== null || this.stopped) return
-    if (!this.catalogue.some(s => s.status === 'deleting') && this.cloning() === undefined) return
+    if (this.volume.record.rollback === undefined && !this.catalogue.some(s => s.status === 'deleting') && this.cloning() === undefined) return
     this.worker = this.work().finally(() => {
       this.worker = null
       this.resume()
@@ -352,11 +415,13 @@ export class Snapshots {
 
   private async work (): Promise<void> {
     while (!this.stopped) {
-      const target = this.catalogue.find(s => s.status === 'deleting')
-      const clone = target === undefined ? this.cloning() : undefined
-      if (target === undefined && clone === undefined) return
+      const rollback = this.volume.record.rollback !== undefined
+      const target = rollback ? undefined : this.catalogue.find(s => s.status === 'deleting')
+      const clone = rollback || target !== undefined ? undefined : this.cloning()
+      if (!rollback && target === undefined && clone === undefined) return
       try {
-        if (target !== undefined) await this.deleteSome(target)
+        if (rollback) await this.rollbackSome()
+        else if (target !== undefined) await this.deleteSome(target)
         else if (clone !== undefined) await this.cloneSome(clone)
       } catch (err) {
         debug('background work failed, retrying: %s', (err as Error).message)
@@ -364,6 +429,38 @@ export class Snapshots {
       }
       await new Promise(resolve => setImmediate(resolve))
     }
+  }
+
+  /**
+   * One step of the rollback in progress. The scan's last step turns it to the apply phase in a
+   * commit that holds writes and takes every dirty page, then drops what the volume holds in
+   * memory: from there on it reads as the snapshot.
+   */
+  private async rollbackSome (): Promise<void> {
+    const volume = this.volume
+    const state = volume.record.rollback
+    if (state === undefined) return
+    if (state.phase === 'scan') {
+      if (!await volume.writeback.commitWith(() => scanStep(volume.store, volume.record, ROLLBACK_SCAN_BATCH), { allPages: false })) return
+      const release = volume.holdWrites()
+      try {
+        await volume.writeback.commitWith(() => switchRollback(volume.store, volume.record), { allPages: true, blocking: true })
+        volume.reload()
+      } finally {
+        release()
+      }
+      volume.store.flushed()
+      debug('rollback to %s: the volume reads as the snapshot, %d records to set back', state.name, state.total)
+      this.finish('rollback:switched', state.total)
+      return
+    }
+    if (!await volume.writeback.commitWith(() => applyStep(volume.store, volume.record, ROLLBACK_APPLY_BATCH), { allPages: false })) return
+    volume.rollbackDone()
+    volume.store.flushed()
+    debug('rollback to %s: every record set back', state.name)
+    this.rates.delete('rollback')
+    this.finish('rollback:switched', state.total)
+    this.finish('rollback:done', state.total)
   }
 
   private async deleteSome (target: SnapshotRecord): Promise<void> {
@@ -374,7 +471,8 @@ export class Snapshots {
       volume.store.flushed()
       const freed = step?.record.freed ?? 0
       debug('deleted %s, freed %d bytes', target.name, freed)
-      this.finish(target.id, freed)
+      this.rates.delete(`delete:${target.id}`)
+      this.finish(`delete:${target.id}`, freed)
     }
   }
 
@@ -384,11 +482,12 @@ export class Snapshots {
     if (after.cloning === undefined) {
       volume.store.flushed()
       debug('cloned %s', clone.name)
-      this.finish(-clone.id, volume.store.inodes.getKeysCount(prefixRange(volumePrefix(clone.id))))
+      this.rates.delete(`clone:${clone.id}`)
+      this.finish(`clone:${clone.id}`, volume.store.inodes.getKeysCount(prefixRange(volumePrefix(clone.id))))
     }
   }
 
-  private finish (key: number, value: number): void {
+  private finish (key: string, value: number): void {
     for (const resolve of this.finished.get(key) ?? []) resolve(value)
     this.finished.delete(key)
   }
@@ -400,10 +499,13 @@ export class Snapshots {
     return record
   }
 
-  private onFinished (id: number, resolve: (freed: number) => void): void {
-    const waiting = this.finished.get(id) ?? []
-    waiting.push(resolve)
-    this.finished.set(id, waiting)
+  /** Resolves once a background job reaches `point` (see `finished`), with what it reports. */
+  private async reached (point: string): Promise<number> {
+    return await new Promise(resolve => {
+      const waiting = this.finished.get(point) ?? []
+      waiting.push(resolve)
+      this.finished.set(point, waiting)
+    })
   }
 
   private info (record: SnapshotRecord): SnapshotInfo {

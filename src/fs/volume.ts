@@ -20,6 +20,7 @@ import { fail } from '../errors.js'
 import { NAME_MAX, bmapKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, prefixRange, volumePrefix } from '../store/keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
+import { RollbackOverlay } from '../store/rollback.js'
 import { PageCache } from '../cache/pagecache.js'
 import { ChangeSet, type Share } from './changes.js'
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, type Attr, type Inode, type InodeFields } from './inode.js'
@@ -85,6 +86,8 @@ export class LiveVolume {
   epoch = 0
   /** Restored files whose shared blocks are not in the store yet: reads take them from the snapshot. */
   readonly pendingShares = new Map<number, Share>()
+  /** While a rollback sets records back: what the records it has not reached read as. */
+  private overlay: RollbackOverlay | null
   /** Set while a snapshot is being frozen: writes wait for it. */
   private writesHeld: Promise<void> | null = null
 
@@ -99,6 +102,7 @@ export class LiveVolume {
     this.writeback = new Writeback(this, options.dirtyAgeMs)
     this.nextIno = record.nextIno
     this.liveInodes = store.inodes.getKeysCount(prefixRange(volumePrefix(record.id)))
+    this.overlay = overlayOf(store, record)
   }
 
   /** Deletes inodes left unlinked-but-open by a daemon that died; call once after opening. */
@@ -125,7 +129,8 @@ export class LiveVolume {
   inode (ino: number): Inode {
     let inode = this.inodes.get(ino)
     if (inode !== undefined) return inode
-    const record = this.store.inodes.get(inodeKey(this.record.id, ino)) as InodeRecord | undefined
+    const pending = this.overlay?.inode(ino)
+    const record = pending !== undefined ? pending.value : this.store.inodes.get(inodeKey(this.record.id, ino)) as InodeRecord | undefined
     if (record === undefined || this.changes.removed.has(ino)) fail('ENOENT', `inode ${ino}`)
     const { b: _birth, ...fields } = record
     inode = { ...fields, ino, opens: 0 }
@@ -154,6 +159,7 @@ export class LiveVolume {
     for (const { key, value } of this.store.dirents.getRange(prefixRange(inodeKey(this.record.id, ino)))) {
       entries.set(nameOfKey(key).toString('utf8'), value as DirentRecord)
     }
+    this.overlay?.dirents(ino, entries)
     this.dirs.set(ino, entries)
     return entries
   }
@@ -460,7 +466,14 @@ export class LiveVolume {
     this.pendingShares.clear()
     this.cache.dropAll()
     this.liveInodes = this.store.inodes.getKeysCount(prefixRange(volumePrefix(this.record.id)))
+    this.overlay = overlayOf(this.store, this.record)
     this.epoch++
+  }
+
+  /** Reads the store's heads alone again once a rollback has set back every record. */
+  rollbackDone (): void {
+    this.overlay = null
+    this.liveInodes = this.store.inodes.getKeysCount(prefixRange(volumePrefix(this.record.id)))
   }
 
   /** Inodes in the volume (statfs reports it as files in use). */
@@ -628,6 +641,7 @@ export class LiveVolume {
     for (const { key, value } of this.store.xattrs.getRange(prefixRange(inodeKey(this.record.id, ino)))) {
       attrs.set(nameOfKey(key).toString('utf8'), (value as XattrRecord).v)
     }
+    this.overlay?.xattrs(ino, attrs)
     this.xattrs.set(ino, attrs)
     return attrs
   }
@@ -656,6 +670,8 @@ export class LiveVolume {
   private storedBlock (ino: number, index: number): number | undefined {
     const share = this.pendingShares.get(ino)
     if (share !== undefined) return share.reader.block(share.ino, index)?.block
+    const pending = this.overlay?.block(ino, index)
+    if (pending !== undefined) return pending.value?.block
     const raw = this.store.bmap.get(bmapKey(this.record.id, ino, index))
     return raw === undefined ? undefined : decodeBmap(raw).block
   }
@@ -668,6 +684,11 @@ export class LiveVolume {
     }
     this.store.prefetchBlocks(blocks)
   }
+}
+
+/** The overlay of a volume whose rollback is in its apply phase, else null. */
+function overlayOf (store: Store, record: VolumeRecord): RollbackOverlay | null {
+  return record.rollback?.phase === 'apply' ? new RollbackOverlay(store, record.id, record.rollback.gen) : null
 }
 
 function checkName (name: string): void {

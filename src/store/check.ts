@@ -12,11 +12,15 @@
  * latest one recorded), the version chains (per record, versions' lifetimes never overlap and
  * every old version is seen by some snapshot), the dead list and births index against the
  * versions they list, and the space accounting (used, written, held by snapshots, each
- * snapshot's refer and written) against a full scan.
+ * snapshot's refer and written) against a full scan. A volume in the middle of a rollback
+ * (rollback.ts) is checked as it reads: its pending records as the snapshot's versions; reference
+ * counts and accounting follow the heads as stored. Every pending record belongs to a volume
+ * with a rollback in progress.
  */
-import { Table, birthKey, deadKey, decodeBirthKey, decodeSnapshotKey, decodeBlockKey, decodeBmap, decodeCount, decodeDeadKey, decodeHistoryKey, decodeInodeKey, historyKey, indexOfBmapKey, nameOfKey, sectorsOf } from './keys.js'
+import { Table, type BmapValue, birthKey, deadKey, decodeBirthKey, decodeSnapshotKey, decodeBlockKey, decodeBmap, decodeCount, decodeDeadKey, decodeHistoryKey, decodeInodeKey, decodePendingKey, historyKey, indexOfBmapKey, inodeKey, nameOfKey, pendingKey, sectorsOf } from './keys.js'
 import { ROOT_INO, type DirentRecord, type InodeRecord, type HistoryRecord, type SnapshotRecord, type VolumeRecord } from './records.js'
 import type { Store } from './store.js'
+import { RollbackOverlay } from './rollback.js'
 
 export interface CheckReport {
   problems: string[]
@@ -26,6 +30,8 @@ export interface CheckReport {
   snapshots: number
   /** Old versions kept for snapshots. */
   versions: number
+  /** Work a daemon stopped in the middle of, and takes up at the next mount: one line each. */
+  unfinished: string[]
 }
 
 const S_IFMT = 0o170000
@@ -33,7 +39,7 @@ const S_IFDIR = 0o040000
 
 export function checkStore (store: Store): CheckReport {
   const problems: string[] = []
-  const report: CheckReport = { problems, inodes: 0, dirents: 0, blocks: 0, snapshots: 0, versions: 0 }
+  const report: CheckReport = { problems, inodes: 0, dirents: 0, blocks: 0, snapshots: 0, versions: 0, unfinished: [] }
   const bs = store.blockSize
   const references = new Map<number, number>()
   const refer = (block: number): void => { references.set(block, (references.get(block) ?? 0) + 1) }
@@ -41,30 +47,71 @@ export function checkStore (store: Store): CheckReport {
   const volumes = new Map<number, { name: string, nextIno: number }>()
   /** Clones still being copied, volumes being deleted: their records are partial. */
   const cloning = new Set<number>()
+  /** Volumes whose rollback is setting records back: what their pending records read as. */
+  const overlays = new Map<number, RollbackOverlay>()
   for (const { value } of store.volumes.getRange()) {
     volumes.set(value.id, { name: value.name, nextIno: value.nextIno })
     if (value.cloning !== undefined || value.deleting === true) cloning.add(value.id)
+    if (value.rollback?.phase === 'apply') overlays.set(value.id, new RollbackOverlay(store, value.id, value.rollback.gen))
+    if (value.cloning !== undefined) report.unfinished.push(`volume ${value.name}: its records are still being copied from ${value.origin?.snapshot ?? 'its snapshot'}; that goes on when the origin volume is mounted`)
+    if (value.deleting === true) report.unfinished.push(`volume ${value.name}: being deleted; snapfs delete-volume ${value.name} finishes it`)
+    if (value.rollback !== undefined) {
+      const { name, phase, done, total } = value.rollback
+      report.unfinished.push(`volume ${value.name}: the rollback to ${name} ${phase === 'scan' ? 'is listing the changes' : `has set back ${done} of ${total} records`}; it goes on at the next mount`)
+    }
+  }
+  for (const key of store.pending.getKeys()) {
+    const { table, headKey } = decodePendingKey(key as Buffer)
+    const { vol } = decodeInodeKey(headKey)
+    const rollback = store.volumes.get(vol)?.rollback
+    if (rollback === undefined) problems.push(`pending record (table ${table}) of volume ${vol}, which has no rollback in progress`)
+  }
+  /** Whether a head of a volume in the middle of a rollback is pending: the snapshot's version stands for it. */
+  const pending = (vol: number, table: Table, key: Buffer): boolean => overlays.has(vol) && store.pending.doesExist(pendingKey(table, key))
+  /** The pending records of `table` in volumes in the middle of a rollback (head keys). */
+  const pendingOf = (table: Table): Buffer[] => {
+    const keys: Buffer[] = []
+    for (const vol of overlays.keys()) {
+      for (const key of store.pending.getKeys({ start: pendingKey(table, inodeKey(vol, 0)), end: pendingKey(table + 1, inodeKey(vol, 0)) })) keys.push(decodePendingKey(key as Buffer).headKey)
+    }
+    return keys
   }
 
   const inodes = new Map<string, InodeRecord>()
-  for (const { key, value } of store.inodes.getRange()) {
-    const { vol, ino } = decodeInodeKey(key)
+  const addInode = (vol: number, ino: number, value: InodeRecord): void => {
     inodes.set(`${vol}:${ino}`, value)
     report.inodes++
     const volume = volumes.get(vol)
     if (volume === undefined) problems.push(`inode ${ino} belongs to unknown volume ${vol}`)
     else if (ino >= volume.nextIno) problems.push(`inode ${ino} of volume ${volume.name} is past the inode counter ${volume.nextIno}`)
   }
+  for (const { key, value } of store.inodes.getRange()) {
+    const { vol, ino } = decodeInodeKey(key)
+    if (!pending(vol, Table.Inode, key)) addInode(vol, ino, value)
+  }
+  for (const headKey of pendingOf(Table.Inode)) {
+    const { vol, ino } = decodeInodeKey(headKey)
+    const value = overlays.get(vol)?.reader.inode(ino)
+    if (value !== undefined) addInode(vol, ino, value)
+  }
   for (const [vol, volume] of volumes) {
     if (!inodes.has(`${vol}:${ROOT_INO}`) && !cloning.has(vol)) problems.push(`volume ${volume.name} has no root directory`)
   }
 
   const links = new Map<string, number>()
+  const entries: Array<{ key: Buffer, entry: DirentRecord }> = []
   for (const { key, value } of store.dirents.getRange()) {
+    if (!pending(decodeInodeKey(key).vol, Table.Dirent, key)) entries.push({ key, entry: value as DirentRecord })
+  }
+  for (const headKey of pendingOf(Table.Dirent)) {
+    const { vol, ino } = decodeInodeKey(headKey)
+    const entry = overlays.get(vol)?.reader.dirent(ino, nameOfKey(headKey))
+    if (entry !== undefined) entries.push({ key: headKey, entry })
+  }
+  for (const { key, entry } of entries) {
     report.dirents++
     const { vol, ino: parent } = decodeInodeKey(key)
     const name = nameOfKey(key).toString('utf8')
-    const entry = value as DirentRecord
     const target = inodes.get(`${vol}:${entry.ino}`)
     const where = `entry "${name}" in directory ${parent} of volume ${vol}`
     if (!inodes.has(`${vol}:${parent}`)) problems.push(`${where}: the directory does not exist`)
@@ -93,13 +140,22 @@ export function checkStore (store: Store): CheckReport {
   }
 
   const sectors = new Map<string, number>()
+  const maps: Array<{ key: Buffer, map: BmapValue }> = []
   for (const { key, value } of store.bmap.getRange()) {
+    const map = decodeBmap(value)
+    refer(map.block)
+    if (!pending(decodeInodeKey(key).vol, Table.Bmap, key)) maps.push({ key, map })
+  }
+  for (const headKey of pendingOf(Table.Bmap)) {
+    const { vol, ino } = decodeInodeKey(headKey)
+    const map = overlays.get(vol)?.reader.block(ino, indexOfBmapKey(headKey))
+    if (map !== undefined) maps.push({ key: headKey, map })
+  }
+  for (const { key, map } of maps) {
     const { vol, ino } = decodeInodeKey(key)
     const index = indexOfBmapKey(key)
-    const map = decodeBmap(value)
     const id = `${vol}:${ino}`
     const inode = inodes.get(id)
-    refer(map.block)
     sectors.set(id, (sectors.get(id) ?? 0) + sectorsOf(map.length))
     if (inode === undefined) problems.push(`block ${index} of missing inode ${ino} (volume ${vol})`)
     else if (index * bs >= inode.size) problems.push(`inode ${ino} maps block ${index}, past its size ${inode.size}`)
@@ -157,6 +213,7 @@ function checkVersions (store: Store, report: CheckReport): void {
     const list = snapshots.get(vol) ?? []
     const names = new Set<string>()
     for (const s of list) {
+      if (s.status === 'deleting') report.unfinished.push(`snapshot ${s.name} of volume ${volume.name}: being deleted (${s.done ?? 0} of ${s.total ?? 0}); that goes on at the next mount`)
       if (names.has(s.name)) problems.push(`volume ${volume.name} has two snapshots named "${s.name}"`)
       names.add(s.name)
       if (s.gen >= volume.gen) problems.push(`snapshot ${s.name} froze generation ${s.gen}, not behind the volume's ${volume.gen}`)

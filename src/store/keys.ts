@@ -18,6 +18,7 @@
  * | deadlist  | vol u32, death u32, table u8, head key, birth u32 | empty                          |
  * | births    | vol u32, birth u32, table u8, head key           | empty                          |
  * | snapshots | vol u32, gen u32                                 | SnapshotRecord (msgpack)       |
+ * | pending   | vol u32, table u8, head key without its vol       | empty: a rollback's to-do      |
  *
  * "Head" records are what the live volume reads. A head carries its birth generation; when a head
  * born at or before the volume's latest snapshot is overwritten or deleted, the old version moves
@@ -25,6 +26,7 @@
  * snapshot can still read it and deleting a snapshot knows what it may free. `births` lists every
  * version by the generation that created it, so "what changed since generation g" is a range scan.
  * Blocks are shared by reference: a block has one reference unless `refs` says how many more.
+ * `pending` lists the records a rollback in progress has yet to set back (store/rollback.ts).
  */
 
 /** Tables whose records are versioned by generation (the `table` byte in history keys). */
@@ -213,6 +215,25 @@ export function decodeDeadKey (key: Buffer): { death: number, table: Table, head
 /** The volume, birth, table and head key of a births key. */
 export function decodeBirthKey (key: Buffer): { vol: number, birth: number, table: Table, headKey: Buffer } {
   return { vol: key.readUInt32BE(0), birth: key.readUInt32BE(4), table: key[8] as Table, headKey: key.subarray(9) }
+}
+
+/** vol u32, table u8, head key without its vol: a record a rollback has yet to set back. */
+export function pendingKey (table: Table, headKey: Buffer): Buffer {
+  const key = Buffer.allocUnsafe(headKey.length + 1)
+  headKey.copy(key, 0, 0, 4)
+  key[4] = table
+  headKey.copy(key, 5, 4)
+  return key
+}
+
+/** The table and head key of a pending key. */
+export function decodePendingKey (key: Buffer): { table: Table, headKey: Buffer } {
+  return { table: key[4] as Table, headKey: Buffer.concat([key.subarray(0, 4), key.subarray(5)]) }
+}
+
+/** vol u32, table u8, ino u64: the start of an inode's pending records in one table. */
+export function pendingInodePrefix (vol: number, table: Table, ino: number): Buffer {
+  return pendingKey(table, inodeKey(vol, ino))
 }
 
 /** The extra-reference count stored in `refs`. */

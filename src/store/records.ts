@@ -75,6 +75,29 @@ export interface VolumeRecord {
   cloning?: { phase: number, key?: Buffer }
   /** Set once the volume is being deleted: it cannot be mounted, and its records are going. */
   deleting?: boolean
+  /** Set while a rollback runs (store/rollback.ts). */
+  rollback?: RollbackState
+}
+
+/**
+ * A rollback in progress. In the `scan` phase the records changed since the snapshot are listed in
+ * `pending` while the volume stays as it was; from the `apply` phase on the volume reads as the
+ * snapshot (a pending record reads as the snapshot's version) while the records are set back.
+ */
+export interface RollbackState {
+  /** The snapshot: its name and generation. */
+  name: string
+  gen: number
+  /** Records changed in (gen, base] are listed by the scan; later ones when the phase turns. */
+  base: number
+  phase: 'scan' | 'apply'
+  /** How far the scan is: the last births (then dead-list) key it listed. */
+  cursor?: { index: 'births' | 'deadlist', key: Buffer }
+  /** Records set back, and to set back (known once the apply phase starts). */
+  done: number
+  total: number
+  /** When it began, ms since the epoch. */
+  started: number
 }
 
 /** What a snapshot is doing: `ready` to browse, or `deleting` in the background. */

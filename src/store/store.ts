@@ -27,9 +27,10 @@ const debug = createDebug('snapfs:store')
 /**
  * The on-disk format this code reads and writes. Bump it when a key or value layout changes.
  * v2 added the snapshot catalogue and the volume's space counters; a v1 store is upgraded when
- * opened (one scan of its block maps).
+ * opened (one scan of its block maps). v3 added `pending`, the to-do list of a rollback that runs
+ * in the background: a v2 program would read a volume in the middle of one as if it were whole.
  */
-export const FORMAT_VERSION = 2
+export const FORMAT_VERSION = 3
 
 /** Default data block size: a 64 KiB value costs 17 LMDB pages (6 % overhead, DESIGN.md). */
 export const DEFAULT_BLOCK_SIZE = 64 * 1024
@@ -70,6 +71,7 @@ export class Store {
   readonly deadlist: BinaryDb
   readonly births: BinaryDb
   readonly snapshots: Database<SnapshotRecord, Buffer>
+  readonly pending: BinaryDb
   readonly format: FormatRecord
   /** Next block id to hand out. */
   nextBlock: number
@@ -99,6 +101,7 @@ export class Store {
     this.deadlist = root.openDB({ name: 'deadlist', ...raw })
     this.births = root.openDB({ name: 'births', ...raw })
     this.snapshots = root.openDB({ name: 'snapshots', ...records })
+    this.pending = root.openDB({ name: 'pending', ...raw })
     const format = this.meta.get('format') as FormatRecord | undefined
     if (format === undefined || format.magic !== 'snapfs') {
       root.close()
@@ -172,11 +175,17 @@ export class Store {
   }
 
   /**
-   * Upgrades a v1 store in one transaction: v1 had no snapshots, so every stored block is live
+   * Upgrades an older store in one transaction. v1 had no snapshots, so every stored block is live
    * data written since the (absent) newest snapshot; v1 did not list the root directory's first
-   * version in the births index.
+   * version in the births index. v2 lacked only the (empty) pending table.
    */
   private upgrade (format: FormatRecord): void {
+    if (format.version >= 2) {
+      format.version = FORMAT_VERSION
+      this.meta.putSync('format', format)
+      debug('upgraded %s to format v%d', this.dir, FORMAT_VERSION)
+      return
+    }
     const used = new Map<number, number>()
     for (const { key, value } of this.bmap.getRange()) {
       const { vol } = decodeInodeKey(key)

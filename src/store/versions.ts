@@ -12,11 +12,19 @@
  * `written` when born after the latest snapshot; a version moved to history counts in
  * `snapshotBytes` instead. `finish` adds the changes to the volume record.
  *
+ * While a rollback is in its apply phase (rollback.ts), a record still pending is set back to the
+ * snapshot's version before anything else writes it (`settle`), so the volume's writes apply over
+ * what it read, and the sector changes returned are against that version.
+ *
  * Every method must run inside a transaction callback of the store (see fs/commit.ts): reads then
  * see the transaction's own writes, and all of them commit together or not at all.
  */
-import { Table, type BmapValue, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, encodeBmap, encodeCount, historyKey, inodeKey, prefixRange, direntKey, sectorsOf, xattrKey } from './keys.js'
+import {
+  Table, type BmapValue, birthKey, blockKey, bmapKey, deadKey, decodeBmap, decodeCount, decodeInodeKey, decodePendingKey, encodeBmap,
+  encodeCount, historyKey, indexOfBmapKey, inodeKey, nameOfKey, pendingInodePrefix, pendingKey, prefixRange, direntKey, sectorsOf, xattrKey
+} from './keys.js'
 import type { DirentRecord, InodeRecord, VolumeRecord, XattrRecord } from './records.js'
+import { SnapshotReader } from './snapshot-reader.js'
 import { BLOCK_RESERVE, type Store } from './store.js'
 
 const EMPTY = Buffer.alloc(0)
@@ -26,6 +34,8 @@ export class VersionWriter {
   private readonly vol: number
   private readonly gen: number
   private readonly lastSnapGen: number
+  /** The snapshot a rollback in its apply phase sets records back to, else null. */
+  private readonly rollback: SnapshotReader | null
   /** Whether the block reservation moved and must be saved with this transaction. */
   private allocated = false
   /** Changes to the volume's space counters, in bytes. */
@@ -38,16 +48,59 @@ export class VersionWriter {
     this.vol = volume.id
     this.gen = volume.gen
     this.lastSnapGen = volume.lastSnapGen
+    const rollback = volume.rollback
+    this.rollback = rollback?.phase === 'apply' ? new SnapshotReader(store, volume.id, rollback.gen) : null
+  }
+
+  /**
+   * Sets a record a rollback has yet to set back to the snapshot's version, and takes it off the
+   * rollback's list; does nothing for any other record.
+   */
+  settle (table: Table, key: Buffer): void {
+    if (this.rollback === null) return
+    const listed = pendingKey(table, key)
+    if (!this.store.pending.doesExist(listed)) return
+    this.store.pending.removeSync(listed)
+    const { ino } = decodeInodeKey(key)
+    if (table === Table.Inode) {
+      const old = this.rollback.inode(ino)
+      if (old === undefined) this.removeInode(ino)
+      else this.putInode(ino, old)
+    } else if (table === Table.Dirent) {
+      const name = nameOfKey(key)
+      const old = this.rollback.dirent(ino, name)
+      if (old === undefined) this.removeDirent(ino, name)
+      else this.putDirent(ino, name, { ino: old.ino, type: old.type })
+    } else if (table === Table.Xattr) {
+      const name = nameOfKey(key)
+      const old = this.rollback.xattr(ino, name)
+      if (old === undefined) this.removeXattr(ino, name)
+      else this.putXattr(ino, name, old.v)
+    } else {
+      const index = indexOfBmapKey(key)
+      const old = this.rollback.block(ino, index)
+      if (old === undefined) this.removeBlock(ino, index)
+      else this.shareBlock(ino, index, old)
+    }
+  }
+
+  /** Settles every pending record of `table` from `start` to the end of inode `ino`'s records. */
+  private settleFrom (table: Table, ino: number, start: Buffer): void {
+    if (this.rollback === null) return
+    const { end } = prefixRange(pendingInodePrefix(this.vol, table, ino))
+    for (const key of [...this.store.pending.getKeys({ start: pendingKey(table, start), end })]) this.settle(table, decodePendingKey(key as Buffer).headKey)
   }
 
   putInode (ino: number, record: InodeRecord): void {
     const key = inodeKey(this.vol, ino)
+    this.settle(Table.Inode, key)
     this.retireHead(Table.Inode, this.store.inodes, key, this.store.inodes.get(key)?.b, true)
     this.store.inodes.putSync(key, { ...record, b: this.gen })
   }
 
   removeInode (ino: number): void {
     const key = inodeKey(this.vol, ino)
+    this.settle(Table.Inode, key)
     const old = this.store.inodes.get(key)
     if (old === undefined) return
     this.retireHead(Table.Inode, this.store.inodes, key, old.b, false)
@@ -56,12 +109,14 @@ export class VersionWriter {
 
   putDirent (parent: number, name: Buffer, record: Omit<DirentRecord, 'b'>): void {
     const key = direntKey(this.vol, parent, name)
+    this.settle(Table.Dirent, key)
     this.retireHead(Table.Dirent, this.store.dirents, key, (this.store.dirents.get(key) as DirentRecord | undefined)?.b, true)
     this.store.dirents.putSync(key, { ...record, b: this.gen })
   }
 
   removeDirent (parent: number, name: Buffer): void {
     const key = direntKey(this.vol, parent, name)
+    this.settle(Table.Dirent, key)
     const old = this.store.dirents.get(key) as DirentRecord | undefined
     if (old === undefined) return
     this.retireHead(Table.Dirent, this.store.dirents, key, old.b, false)
@@ -70,12 +125,14 @@ export class VersionWriter {
 
   putXattr (ino: number, name: Buffer, value: Buffer): void {
     const key = xattrKey(this.vol, ino, name)
+    this.settle(Table.Xattr, key)
     this.retireHead(Table.Xattr, this.store.xattrs, key, (this.store.xattrs.get(key) as XattrRecord | undefined)?.b, true)
     this.store.xattrs.putSync(key, { b: this.gen, v: value })
   }
 
   removeXattr (ino: number, name: Buffer): void {
     const key = xattrKey(this.vol, ino, name)
+    this.settle(Table.Xattr, key)
     const old = this.store.xattrs.get(key) as XattrRecord | undefined
     if (old === undefined) return
     this.retireHead(Table.Xattr, this.store.xattrs, key, old.b, false)
@@ -84,6 +141,7 @@ export class VersionWriter {
 
   /** Removes every extended attribute of an inode. */
   removeXattrsOf (ino: number): void {
+    this.settleFrom(Table.Xattr, ino, inodeKey(this.vol, ino))
     const keys = [...this.store.xattrs.getKeys(prefixRange(inodeKey(this.vol, ino)))]
     for (const key of keys) {
       const old = this.store.xattrs.get(key) as XattrRecord
@@ -99,6 +157,7 @@ export class VersionWriter {
    */
   putBlock (ino: number, index: number, data: Buffer): number {
     const key = bmapKey(this.vol, ino, index)
+    this.settle(Table.Bmap, key)
     const raw = this.store.bmap.get(key)
     const old = raw === undefined ? undefined : decodeBmap(raw)
     const oldSectors = old === undefined ? 0 : sectorsOf(old.length)
@@ -151,6 +210,7 @@ export class VersionWriter {
   /** Makes block `index` of an inode a hole. Returns the change in allocated sectors (<= 0). */
   removeBlock (ino: number, index: number): number {
     const key = bmapKey(this.vol, ino, index)
+    this.settle(Table.Bmap, key)
     const raw = this.store.bmap.get(key)
     if (raw === undefined) return 0
     const old = decodeBmap(raw)
@@ -161,6 +221,7 @@ export class VersionWriter {
 
   /** Makes every block from `fromIndex` on a hole. Returns the change in allocated sectors (<= 0). */
   removeBlocksFrom (ino: number, fromIndex: number): number {
+    this.settleFrom(Table.Bmap, ino, bmapKey(this.vol, ino, fromIndex))
     const { end } = prefixRange(inodeKey(this.vol, ino))
     const entries = [...this.store.bmap.getRange({ start: bmapKey(this.vol, ino, fromIndex), end })]
     let sectors = 0
