@@ -154,7 +154,14 @@ program.command('restore')
     const mnt = mountOf()
     const from = inMount(mnt, target)
     const to = opts.to === undefined ? undefined : inMount(mnt, opts.to)
-    const result = await restoreFromSnapshot(mnt, name, from, { to })
+    const restoring = restoreFromSnapshot(mnt, name, from, { to })
+    const stopProgress = showProgress(mnt, 'restore', to ?? from)
+    let result
+    try {
+      result = await restoring
+    } finally {
+      stopProgress()
+    }
     print(opts.json, result, () => `restored ${path.join(mnt, from)} from ${name} to ${path.join(mnt, result.path)} ` +
       `(${result.inodes} inodes, ${result.links} extra links, ${formatBytes(result.bytes)} shared, no data copied)\n`)
   }))

@@ -13,7 +13,7 @@ import type { SnapshotRecord, VolumeRecord } from '../store/records.js'
 import type { LiveVolume } from './volume.js'
 import { SnapshotView } from './snapshot-view.js'
 import { diffGenerations, type DiffEntry } from './diff.js'
-import { restoreTree, type RestoreResult } from './restore.js'
+import { TreeCount, TreeRestore, removeTreeStep, type RestoreResult } from './restore.js'
 import { applyStep, beginRollback, scanStep, switchRollback } from '../store/rollback.js'
 import { beginClone, cloneStep } from '../store/clone.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
@@ -36,6 +36,9 @@ const PRE_FLUSH_ROUNDS = 3
 const PRE_FLUSH_DONE_BYTES = 4 * 1024 * 1024
 /** Records one clone step copies. */
 const CLONE_BATCH = 1024
+/** Names one restore step restores (then commits), or counts, or removes. */
+const RESTORE_BATCH = 1000
+const COUNT_BATCH = 5000
 /** Changed records one rollback step lists, and sets back. */
 const ROLLBACK_SCAN_BATCH = 8192
 const ROLLBACK_APPLY_BATCH = 1024
@@ -131,6 +134,8 @@ export class Snapshots {
   private readonly rates = new Map<string, { at: number, done: number }>()
   /** Restores of a tree under way, by the path they restore to. */
   private readonly restores = new Map<string, { done: number, total: number }>()
+  /** The markers (VolumeRecord.restoring) of the restores this daemon is running. */
+  private readonly restoring = new Set<{ parent: number, name: string }>()
   /** When each recently deleted snapshot left `.snapshots`, by name. */
   private readonly hidden = new Map<string, number>()
   private worker: Promise<void> | null = null
@@ -260,7 +265,9 @@ export class Snapshots {
   /**
    * Restores `from` (a path in the snapshot, from the mount's root) to `to` in the live volume
    * (default: the same path). An existing file or symlink there is replaced; an existing
-   * directory is refused. Resolves once the restored tree is durable.
+   * directory is refused. A tree is restored in steps under a temporary name in the target's
+   * directory, each step committed, and renamed into place once complete; its progress is in
+   * `jobs`. Resolves once the restored tree is durable.
    */
   async restore (name: string, from: string, to: string | undefined): Promise<RestoreResult & { path: string }> {
     const volume = this.volume
@@ -273,15 +280,43 @@ export class Snapshots {
     if (leaf === undefined) throw new UserError('cannot restore over the root of the volume; restore its contents one by one or use --to')
     if (parts[0] === SNAPSHOT_DIR || leaf === SNAPSHOT_DIR && parts.length === 0) throw new UserError(`cannot restore into ${SNAPSHOT_DIR}`)
     const parent = walk('/' + parts.join('/'), ROOT_INO, (dir, part) => volume.lookup(dir, part).ino, `the directory of ${target}`)
+    const path = '/' + [...parts, leaf].join('/')
+    if (this.restores.has(path)) throw new UserError(`${path} is being restored already`)
     const existing = volume.entries(parent).get(leaf)
-    if (existing !== undefined) {
-      if (isDir(existing.type) || isDir(view.inode(source).mode)) throw new UserError(`${target} exists and is or replaces a directory; remove it first or restore with --to`)
-      volume.unlink(parent, leaf)
+    if (existing !== undefined && (isDir(existing.type) || isDir(view.inode(source).mode))) {
+      throw new UserError(`${target} exists and is or replaces a directory; remove it first or restore with --to`)
     }
-    const result = restoreTree(volume, view, source, parent, leaf)
-    await volume.fsync()
-    debug('restored %s from %s to %s: %d inodes', from, name, target, result.inodes)
-    return { ...result, path: '/' + [...parts, leaf].join('/') }
+    const progress = { done: 0, total: 0 }
+    this.restores.set(path, progress)
+    let marker: { parent: number, name: string } | undefined
+    try {
+      const counter = new TreeCount(view, source)
+      while (!counter.step(COUNT_BATCH)) await new Promise(resolve => setImmediate(resolve))
+      progress.total = counter.count
+      const temporary = `.snapfs-restore-${Date.now().toString(36)}-${this.restores.size}`
+      marker = { parent, name: temporary }
+      this.restoring.add(marker)
+      volume.record.restoring = [...volume.record.restoring ?? [], marker]
+      volume.changes.volume = true
+      await volume.writeback.commit()
+      const job = new TreeRestore(volume, view, source, parent, temporary)
+      while (!job.step(RESTORE_BATCH)) {
+        progress.done = job.done
+        await volume.writeback.commit()
+      }
+      volume.rename(parent, temporary, parent, leaf)
+      job.restoreTimes()
+      volume.record.restoring = volume.record.restoring.filter(m => m !== marker)
+      if (volume.record.restoring.length === 0) delete volume.record.restoring
+      volume.changes.volume = true
+      await volume.fsync()
+      debug('restored %s from %s to %s: %d inodes', from, name, target, job.result.inodes)
+      return { ...job.result, path }
+    } finally {
+      this.restores.delete(path)
+      if (marker !== undefined) this.restoring.delete(marker)
+      this.resume()
+    }
   }
 
   /**
@@ -300,6 +335,7 @@ export class Snapshots {
     if (options.dryRun) return { name, safetySnapshot: null, records: 0, done: false, changes: await this.diff(name, undefined), elapsedMs: 0 }
     const running = volume.record.rollback
     if (running !== undefined) throw new UserError(`a rollback to ${running.name} is in progress; wait for it to finish (snapctl jobs)`)
+    if (this.restores.size > 0) throw new UserError('a restore is in progress; wait for it to finish (snapctl jobs)')
     const open = volume.openHandles()
     if (open > 0 && !options.force) {
       throw new UserError(`${open === 1 ? 'a file is' : `${open} files are`} open on the mount; close them, or use --force (their descriptors then fail with ESTALE)`)
@@ -392,7 +428,7 @@ export class Snapshots {
   /** Starts the background worker if a rollback is running, a snapshot being deleted or a clone copied. */
   resume (): void {
     if (this.worker !== null || this.stopped) return
-    if (this.volume.record.rollback === undefined && !this.catalogue.some(s => s.status === 'deleting') && this.cloning() === undefined) return
+    if (this.volume.record.rollback === undefined && this.leftover() === undefined && !this.catalogue.some(s => s.status === 'deleting') && this.cloning() === undefined) return
     this.worker = this.work().finally(() => {
       this.worker = null
       this.resume()
@@ -416,11 +452,13 @@ export class Snapshots {
   private async work (): Promise<void> {
     while (!this.stopped) {
       const rollback = this.volume.record.rollback !== undefined
-      const target = rollback ? undefined : this.catalogue.find(s => s.status === 'deleting')
-      const clone = rollback || target !== undefined ? undefined : this.cloning()
-      if (!rollback && target === undefined && clone === undefined) return
+      const leftover = rollback ? undefined : this.leftover()
+      const target = rollback || leftover !== undefined ? undefined : this.catalogue.find(s => s.status === 'deleting')
+      const clone = rollback || leftover !== undefined || target !== undefined ? undefined : this.cloning()
+      if (!rollback && leftover === undefined && target === undefined && clone === undefined) return
       try {
         if (rollback) await this.rollbackSome()
+        else if (leftover !== undefined) await this.removeLeftover(leftover)
         else if (target !== undefined) await this.deleteSome(target)
         else if (clone !== undefined) await this.cloneSome(clone)
       } catch (err) {
@@ -461,6 +499,30 @@ export class Snapshots {
     this.rates.delete('rollback')
     this.finish('rollback:switched', state.total)
     this.finish('rollback:done', state.total)
+  }
+
+  /** A tree whose restore stopped half-way (the daemon was killed, or the restore failed). */
+  private leftover (): { parent: number, name: string } | undefined {
+    return this.volume.record.restoring?.find(marker => !this.restoring.has(marker))
+  }
+
+  private async removeLeftover (marker: { parent: number, name: string }): Promise<void> {
+    const volume = this.volume
+    let gone: boolean
+    try {
+      gone = removeTreeStep(volume, marker.parent, marker.name, RESTORE_BATCH)
+    } catch (err) {
+      debug('the partial restore %s cannot be removed, leaving it: %s', marker.name, (err as Error).message)
+      gone = true
+    }
+    if (gone) {
+      const left = (volume.record.restoring ?? []).filter(m => m !== marker)
+      if (left.length === 0) delete volume.record.restoring
+      else volume.record.restoring = left
+      volume.changes.volume = true
+      debug('removed the partial restore %s', marker.name)
+    }
+    await volume.writeback.commit()
   }
 
   private async deleteSome (target: SnapshotRecord): Promise<void> {

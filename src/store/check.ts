@@ -54,6 +54,7 @@ export function checkStore (store: Store): CheckReport {
     if (value.cloning !== undefined || value.deleting === true) cloning.add(value.id)
     if (value.rollback?.phase === 'apply') overlays.set(value.id, new RollbackOverlay(store, value.id, value.rollback.gen))
     if (value.cloning !== undefined) report.unfinished.push(`volume ${value.name}: its records are still being copied from ${value.origin?.snapshot ?? 'its snapshot'}; that goes on when the origin volume is mounted`)
+    for (const marker of value.restoring ?? []) report.unfinished.push(`volume ${value.name}: a restore stopped half-way left ${marker.name} in directory ${marker.parent}; the next mount removes it`)
     if (value.deleting === true) report.unfinished.push(`volume ${value.name}: being deleted; snapfs delete-volume ${value.name} finishes it`)
     if (value.rollback !== undefined) {
       const { name, phase, done, total } = value.rollback

@@ -77,6 +77,11 @@ export interface VolumeRecord {
   deleting?: boolean
   /** Set while a rollback runs (store/rollback.ts). */
   rollback?: RollbackState
+  /**
+   * Trees being restored under a temporary name (fs/restore.ts), by directory and name: one left
+   * here by a daemon that stopped is removed by the next.
+   */
+  restoring?: Array<{ parent: number, name: string }>
 }
 
 /**
