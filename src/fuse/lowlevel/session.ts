@@ -247,6 +247,10 @@ const { EIO } = osConstants.errno
 /** The operations that carry no request, so nothing to answer if they fail. */
 const WITHOUT_REQUEST = new Set(['init', 'destroy', 'forget', 'interrupt'])
 
+/** Sessions still open; an exiting process detaches their mounts rather than leave them dead. */
+const openSessions = new Set<Session>()
+let exitHookInstalled = false
+
 let loaded: Binding | undefined
 function binding (): Binding {
   loaded ??= nativeExports() as Binding
@@ -355,6 +359,19 @@ export class Session {
       onError: report,
       onGone: () => { void session.close() }
     }, guarded(ops, report))
+    openSessions.add(session)
+    if (!exitHookInstalled) {
+      exitHookInstalled = true
+      process.on('exit', () => {
+        for (const open of openSessions) {
+          try {
+            open.end()
+          } catch {
+            // Invalidations in flight: the exit closes the device and the kernel fails the mount.
+          }
+        }
+      })
+    }
     return session
   }
 
@@ -382,12 +399,17 @@ export class Session {
    */
   async close (): Promise<void> {
     while (this.notifications.size > 0) await Promise.allSettled([...this.notifications])
-    if (this.handle !== undefined) {
-      binding().close(this.handle)
-      this.handle = undefined
-      this.finish()
-    }
+    this.end()
     await this.ended
+  }
+
+  /** Closes the session at once (the addon refuses while invalidations are in flight). */
+  private end (): void {
+    if (this.handle === undefined) return
+    binding().close(this.handle)
+    this.handle = undefined
+    openSessions.delete(this)
+    this.finish()
   }
 
   /** Drops the kernel's cache of an inode's data from `offset` (all of it for length 0), or only its attributes (offset -1). */
