@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: measures snapfs against the storage-less FUSE daemon on the same binding
- * (scripts/null-fs.ts, the ceiling for this stack) and tmpfs, in one run on one machine, and
+ * (scripts/null-fs.ts, the ceiling for this stack), the same daemon on the project's own
+ * low-level transport (scripts/null-fs-native.ts) and tmpfs, in one run on one machine, and
  * prints the medians as a table; then measures snapfs's snapshots (scripts/bench-snapshots.ts)
  * and prints a second table.
  *
@@ -18,9 +19,13 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import { CREATES_PER_STATE, snapshotSection, type SnapshotHost, type SnapshotResults, type SnapshotSettings } from './bench-snapshots.js'
 import type { Job, JobResult } from './bench-worker.js'
 
-const TARGETS = ['snapfs', 'null', 'tmpfs'] as const
+const TARGETS = ['snapfs', 'null', 'null-native', 'tmpfs'] as const
 type Target = typeof TARGETS[number]
-const TARGET_TITLES: Record<Target, string> = { snapfs: 'snapfs', null: 'null-fs', tmpfs: 'tmpfs' }
+const TARGET_TITLES: Record<Target, string> = { snapfs: 'snapfs', null: 'null-fs', 'null-native': 'null-fs native', tmpfs: 'tmpfs' }
+/** The ratio columns, each shown when both its targets are measured: first / second. */
+const RATIOS: Array<[Target, Target]> = [
+  ['snapfs', 'null'], ['snapfs', 'null-native'], ['snapfs', 'tmpfs'], ['null-native', 'null'], ['null-native', 'tmpfs']
+]
 /** `--only` takes targets and this name of the snapshot section. */
 const SNAPSHOTS = 'snapshots'
 const SELECTABLE = [...TARGETS, SNAPSHOTS] as const
@@ -30,8 +35,9 @@ const HERE = dirname(fileURLToPath(import.meta.url))
 const REPO = resolve(HERE, '..', '..')
 const WORKER = join(HERE, 'bench-worker.js')
 const NULL_FS = join(HERE, 'null-fs.js')
+const NULL_FS_NATIVE = join(HERE, 'null-fs-native.js')
 const SNAPFS_CLI = join(REPO, 'dist', 'src', 'cli', 'snapfs.js')
-const SCRATCH_PARENT = '/var/tmp'
+const DEFAULT_SCRATCH_PARENT = '/var/tmp'
 
 const RANDOM_FILE_MIB = 256
 // The untarred tree: 6 x 6 leaf directories of 100 files and a symlink each, 43 directories.
@@ -54,6 +60,8 @@ interface Settings {
   /** The snapshot section's settings; undefined when it is not selected. */
   snapshots: SnapshotSettings | undefined
   json: string | undefined
+  /** Where the scratch directory (mount points, stores, the tarball) is made. */
+  scratchParent: string
 }
 
 type WorkloadKey = 'seqWrite' | 'seqRead' | 'randWrite' | 'randRead' | 'create' | 'stat' | 'delete' | 'untar'
@@ -269,20 +277,21 @@ async function mountTmpfs (dir: string): Promise<Mounted> {
   }
 }
 
-async function mountNull (dir: string): Promise<Mounted> {
-  const daemon = new Daemon([NULL_FS, dir])
+/** Mounts a storage-less daemon (`script` takes the mount point, prints "ready"). */
+async function mountNull (dir: string, script: string, title: string): Promise<Mounted> {
+  const daemon = new Daemon([script, dir])
   const stop = async (): Promise<void> => {
     if (daemon.running) {
       daemon.child.kill('SIGTERM')
       if (!(await daemon.waitExit(NULL_EXIT_TIMEOUT_MS))) {
-        log(`bench: null-fs did not exit ${NULL_EXIT_TIMEOUT_MS / 1000} s after SIGTERM; killing it`)
+        log(`bench: ${title} did not exit ${NULL_EXIT_TIMEOUT_MS / 1000} s after SIGTERM; killing it`)
         await daemon.kill()
       }
     }
     await detachIfMounted(dir)
   }
   try {
-    await waitReady('null-fs', daemon, async () => daemon.stdout.includes('ready\n'))
+    await waitReady(title, daemon, async () => daemon.stdout.includes('ready\n'))
   } catch (err) {
     await stop()
     throw err
@@ -428,19 +437,20 @@ function table (rows: string[][]): string {
 }
 
 function render (list: Workload[], medians: Map<WorkloadKey, Partial<Record<Target, number>>>, s: Settings): string {
-  const header = ['workload', 'unit', 'snapfs', 'null-fs', 'tmpfs', 'snapfs/null', 'snapfs/tmpfs']
+  const ratios = RATIOS.filter(([a, b]) => s.targets.includes(a) && s.targets.includes(b))
+  const header = ['workload', 'unit', ...s.targets.map(target => TARGET_TITLES[target]), ...ratios.map(([a, b]) => `${a}/${b}`)]
   const rows = list.map(w => {
     const m = medians.get(w.key) ?? {}
     return [
       w.label, w.unit,
-      formatValue(m.snapfs, w.unit), formatValue(m.null, w.unit), formatValue(m.tmpfs, w.unit),
-      formatRatio(m.snapfs, m.null), formatRatio(m.snapfs, m.tmpfs)
+      ...s.targets.map(target => formatValue(m[target], w.unit)),
+      ...ratios.map(([a, b]) => formatRatio(m[a], m[b]))
     ]
   })
   return [
     `medians of ${s.runs} run${s.runs === 1 ? '' : 's'}; ${cpus().length} CPUs, Linux ${release()}, Node ${process.version}`,
     table([header, ...rows]),
-    'ratios divide the snapfs value by the other one: above 1 is better for rates, worse for times (s)'
+    ...(ratios.length > 0 ? ['ratios a/b divide the value of a by that of b: above 1 is better for rates, worse for times (s)'] : [])
   ].join('\n')
 }
 
@@ -484,7 +494,7 @@ function selection (text: string): Selectable[] {
 function parseSettings (): Settings {
   const program = new Command()
     .name('bench')
-    .description('Benchmark snapfs against the storage-less daemon on fuse-native and tmpfs, then its snapshots.')
+    .description('Benchmark snapfs against the storage-less daemon on fuse-native and on the native transport and tmpfs, then its snapshots.')
     .option('--runs <n>', 'runs per target and of the snapshot measurements; the tables show medians (default 3)', positiveInteger)
     .option('--size-mib <n>', 'size of the sequential file in MiB (default 1024)', positiveInteger)
     .option('--files <n>', 'number of small files to create, stat and delete (default 10000)', positiveInteger)
@@ -495,6 +505,7 @@ function parseSettings (): Settings {
     .option('--quick', 'small and fast: 64 MiB, 1000 files, 5000 random ops, snapshots on 256,2048 MiB and 100,20000 files, 1 run')
     .option('--only <names>', `comma-separated targets among ${TARGETS.join(',')}, and ${SNAPSHOTS} for the snapshot section`, selection)
     .option('--json <file>', 'also write every run and the medians to this JSON file')
+    .option('--scratch <dir>', `make the scratch directory (mount points, stores, the tarball) in this directory (default ${DEFAULT_SCRATCH_PARENT})`)
     .parse()
   const o = program.opts<{
     runs?: number
@@ -507,6 +518,7 @@ function parseSettings (): Settings {
     quick?: boolean
     only?: Selectable[]
     json?: string
+    scratch?: string
   }>()
   const quick = o.quick === true
   const only: readonly Selectable[] = o.only ?? SELECTABLE
@@ -520,14 +532,18 @@ function parseSettings (): Settings {
     snapshots: only.includes(SNAPSHOTS)
       ? { runs, volumeMib: o.snapshotMib ?? (quick ? [256, 2048] : [1024, 8192]), volumeFiles: o.snapshotFiles ?? (quick ? [100, 20000] : [100, 100000]), overwriteAlign: o.overwriteAlign }
       : undefined,
-    json: o.json
+    json: o.json,
+    scratchParent: o.scratch ?? DEFAULT_SCRATCH_PARENT
   }
 }
 
 function checkPrerequisites (s: Settings): void {
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark mounts file systems and drops caches')
   const snapfs = s.targets.includes('snapfs') || s.snapshots !== undefined
-  for (const [file, needed] of [[WORKER, true], [NULL_FS, s.targets.includes('null')], [SNAPFS_CLI, snapfs]] as const) {
+  const needs: Array<[string, boolean]> = [
+    [WORKER, true], [NULL_FS, s.targets.includes('null')], [NULL_FS_NATIVE, s.targets.includes('null-native')], [SNAPFS_CLI, snapfs]
+  ]
+  for (const [file, needed] of needs) {
     if (needed && !existsSync(file)) throw new Error(`${file} is missing; build first (npm run build)`)
   }
 }
@@ -536,7 +552,8 @@ async function mountTarget (target: Target, scratch: string, runIndex: number): 
   const dir = join(scratch, `mnt-${target}`)
   switch (target) {
     case 'tmpfs': return await mountTmpfs(dir)
-    case 'null': return await mountNull(dir)
+    case 'null': return await mountNull(dir, NULL_FS, TARGET_TITLES.null)
+    case 'null-native': return await mountNull(dir, NULL_FS_NATIVE, TARGET_TITLES['null-native'])
     case 'snapfs': return await mountSnapfs(dir, join(scratch, `store-${runIndex}`))
   }
 }
@@ -678,7 +695,8 @@ async function main (): Promise<number> {
   checkPrerequisites(s)
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-  const scratch = await mkdtemp(join(SCRATCH_PARENT, 'snapfs-bench-'))
+  await mkdir(s.scratchParent, { recursive: true })
+  const scratch = await mkdtemp(join(s.scratchParent, 'snapfs-bench-'))
   try {
     const failures = await benchmark(s, scratch)
     if (failures > 0) log(`bench: ${failures} run${failures === 1 ? '' : 's'} failed; their cells are missing`)

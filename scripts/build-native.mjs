@@ -8,10 +8,10 @@ import { fileURLToPath } from 'node:url';
 
 const nativeDir = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'native');
 const addon = join(nativeDir, 'build', 'Release', 'snapfs_native.node');
-const hint = 'run scripts/setup.sh or install build-essential';
+const buildToolsHint = 'run scripts/setup.sh or install build-essential';
 
 /** Prints the captured output (if any) and the one clear line, then exits. */
-function fail(reason, output = '') {
+function fail(reason, output = '', hint = buildToolsHint) {
   if (output) process.stderr.write(output.endsWith('\n') ? output : `${output}\n`);
   process.stderr.write(`snapfs: cannot build native/: ${reason} — ${hint}\n`);
   process.exit(1);
@@ -43,6 +43,13 @@ const python = process.env.npm_config_python || process.env.PYTHON || 'python3';
 if (!which(compiler)) fail(`no C compiler (${compiler}) found`);
 if (!which('make')) fail('no make found');
 if (!which(python)) fail(`no ${python} found`);
+
+// The FUSE transport compiles against libfuse 3; binding.gyp asks pkg-config for its flags.
+const fuseHint = 'install libfuse3-dev and pkg-config (scripts/setup.sh does)';
+if (!which('pkg-config')) fail('no pkg-config found', '', fuseHint);
+if (spawnSync('pkg-config', ['--exists', 'fuse3']).status !== 0) {
+  fail('the libfuse 3 headers are missing (pkg-config knows no fuse3)', '', fuseHint);
+}
 
 // node-gyp itself: npm's own when npm runs us, else one on PATH, else the copy bundled with
 // the npm beside this node, else whatever npx finds.

@@ -1,7 +1,7 @@
 /**
  * The project's own N-API addon (native/), built by node-gyp at install: the system calls snapfs
- * needs and Node does not offer. Loaded lazily, so a missing build is one clear line at the point
- * of use rather than a crash at start-up.
+ * needs and Node does not offer, and the FUSE transport (typed in fuse/lowlevel/). Loaded lazily,
+ * so a missing build is one clear line at the point of use rather than a crash at start-up.
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -24,12 +24,17 @@ function packageRoot (): string {
   return dir
 }
 
-export function native (): NativeAddon {
+/** The addon's exports, loaded on first use; each user types the part it calls. */
+export function nativeExports (): object {
   if (addon !== null) return addon
   const file = path.join(packageRoot(), 'native', 'build', 'Release', 'snapfs_native.node')
   if (!fs.existsSync(file)) throw new UserError(`the native addon is not built (${file} is missing): run npm install`)
   addon = createRequire(import.meta.url)(file) as NativeAddon
   return addon
+}
+
+export function native (): NativeAddon {
+  return nativeExports() as NativeAddon
 }
 
 /** Flushes the kernel's buffers for the file system mounted at `dir`. */

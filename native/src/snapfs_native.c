@@ -15,6 +15,9 @@
  *     stay in the kernel's page cache, only this process's mapping of them
  *     goes, so the store file stops counting against the daemon's resident
  *     memory. The next access faults the same bytes back in.
+ *
+ *   mount, close, notifyInvalInode, notifyInvalEntry, reply*, requestContext
+ *     The FUSE transport on libfuse 3's low-level API: see fuse_session.c.
  */
 #include <errno.h>
 #include <limits.h>
@@ -25,6 +28,8 @@
 #include <unistd.h>
 
 #include <node_api.h>
+
+#include "fuse_session.h"
 
 /* Returns NULL after throwing if a N-API call failed; used for every call. */
 #define NAPI_CHECK(env, call)                                                  \
@@ -152,5 +157,6 @@ NAPI_MODULE_INIT() {
   NAPI_CHECK(env, napi_create_function(env, "releaseMapping", NAPI_AUTO_LENGTH,
                                        js_release_mapping, NULL, &fn));
   NAPI_CHECK(env, napi_set_named_property(env, exports, "releaseMapping", fn));
+  NAPI_CHECK(env, fuse_session_register(env, exports));
   return exports;
 }

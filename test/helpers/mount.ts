@@ -1,9 +1,11 @@
 /**
  * The harness every integration test stands on. It proves nothing by itself; it guarantees what
- * the tests rely on: each test gets its own store and mount point under /var/tmp, the real
- * `snapfs` CLI mounts it with the daemon in a child process (a synchronous fs call on the mount
- * from the daemon's own process would deadlock), and when the test ends, passed or failed, the
- * mount is gone, the daemon has exited and the directory is removed.
+ * the tests rely on: each test gets its own store and mount point under /var/tmp (or
+ * $SNAPFS_TEST_PARENT), the real `snapfs` CLI mounts it with the daemon in a child process (a
+ * synchronous fs call on the mount from the daemon's own process would deadlock), and when the
+ * test ends, passed or failed, the mount is gone, the daemon has exited and the directory is
+ * removed. The storage-less daemons of scripts/ mount the same way (`mountScript`), without a
+ * store.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -19,12 +21,17 @@ import type { Test } from 'tap'
 export const SNAPFS_CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'src', 'cli', 'snapfs.js')
 /** The compiled snapshot CLI under test. */
 export const SNAPCTL_CLI = resolve(dirname(SNAPFS_CLI), 'snapctl.js')
+/** The compiled scripts (storage-less daemons) under test. */
+export const SCRIPTS_DIR = resolve(dirname(SNAPFS_CLI), '..', '..', 'scripts')
 
 /** The file-system type a snapfs mount shows in /proc/mounts. */
 export const FSTYPE = 'fuse.snapfs'
 
-/** Test directories live on a real disk, never on a tmpfs that memory-bound tests would fill. */
-const TEST_PARENT = '/var/tmp'
+/**
+ * Test directories live on a real disk, never on a tmpfs that memory-bound tests would fill. A
+ * run may choose its own parent, so it sweeps only what its own earlier runs abandoned.
+ */
+const TEST_PARENT = process.env.SNAPFS_TEST_PARENT ?? '/var/tmp'
 const TEST_PREFIX = 'snapfs-test-'
 /** Names the test process that owns a test directory, so a later run can sweep abandoned ones. */
 const OWNER_FILE = 'owner.pid'
@@ -71,6 +78,8 @@ interface Daemon {
   exited: boolean
   exit: Promise<number>
   output(): string
+  /** How teardown asks it to unmount and exit; none for snapfs, whose `umount` does that. */
+  stop?: () => void
 }
 
 interface Site extends Store { daemons: Daemon[] }
@@ -241,6 +250,7 @@ async function cleanSite (t: Test, site: Site): Promise<void> {
   if ((await mountsAt(site.mnt)).some(e => e.fstype === FSTYPE)) {
     await snapfs(['umount', site.mnt], { timeoutMs: TEARDOWN_UMOUNT_MS }).catch(() => undefined)
   }
+  for (const d of site.daemons) if (!d.exited) d.stop?.()
   for (const d of site.daemons) {
     await within(d.exit, TEARDOWN_EXIT_MS, 'no exit').catch(() => d.child.kill('SIGKILL'))
   }
@@ -253,7 +263,9 @@ async function cleanSite (t: Test, site: Site): Promise<void> {
   await rm(site.dir, { recursive: true, force: true })
 }
 
-async function openSite (t: Test): Promise<Site> {
+/** A fresh test directory with an empty mnt/, removed at the end of `t`. */
+async function openDir (t: Test): Promise<Site> {
+  await mkdir(TEST_PARENT, { recursive: true })
   await sweepAbandoned()
   const dir = await realpath(await mkdtemp(join(TEST_PARENT, TEST_PREFIX)))
   // Other users (the permission tests run commands as nobody) must be able to reach the mount.
@@ -262,14 +274,19 @@ async function openSite (t: Test): Promise<Site> {
   const site: Site = { dir, store: join(dir, 'store'), mnt: join(dir, 'mnt'), daemons: [] }
   t.teardown(() => cleanSite(t, site))
   await mkdir(site.mnt)
+  return site
+}
+
+async function openSite (t: Test): Promise<Site> {
+  const site = await openDir(t)
   const init = await snapfs(['init', site.store])
   if (init.code !== 0) throw new Error(`snapfs init ${site.store} exited with ${init.code}: ${init.stderr}`)
   return site
 }
 
-/** The mount is ready once a snapfs mount sits on the mount point and answers a stat. */
-async function isReady (mnt: string, deadline: number): Promise<boolean> {
-  if (!(await mountsAt(mnt)).some(e => e.fstype === FSTYPE)) return false
+/** The mount is ready once a mount of type `fstype` sits on the mount point and answers a stat. */
+async function isReady (mnt: string, fstype: string, deadline: number): Promise<boolean> {
+  if (!(await mountsAt(mnt)).some(e => e.fstype === fstype)) return false
   // A mount left by a killed daemon is listed too, but answers ENOTCONN.
   const answer = stat(mnt).then(() => true, () => false)
   return await within(answer, Math.max(deadline - Date.now(), 1), 'stat hangs').catch(() => false)
@@ -278,10 +295,14 @@ async function isReady (mnt: string, deadline: number): Promise<boolean> {
 /** Starts `snapfs mount --foreground` as a child and waits until the mount answers. */
 async function startDaemon (site: Site, extraArgs: string[]): Promise<Daemon> {
   if (!existsSync(SNAPFS_CLI)) throw new Error(`${SNAPFS_CLI} is missing: build first (npx tsc -p tsconfig.json)`)
+  return await startNode(site, [SNAPFS_CLI, 'mount', site.store, site.mnt, '--foreground', ...extraArgs], FSTYPE)
+}
+
+/** Runs node with `args` as a daemon that mounts `site.mnt`; waits until the mount answers. */
+async function startNode (site: Site, args: string[], fstype: string): Promise<Daemon> {
   // setpriv execs node in place (same pid) after asking the kernel to send the daemon SIGTERM if
   // this test process dies without its teardown (a runner timeout): the mount is then released.
-  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', process.execPath, SNAPFS_CLI,
-    'mount', site.store, site.mnt, '--foreground', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   let tail = ''
   const keep = (b: Buffer): void => { tail = (tail + b.toString()).slice(-OUTPUT_TAIL) }
   child.stdout.on('data', keep)
@@ -299,9 +320,9 @@ async function startDaemon (site: Site, extraArgs: string[]): Promise<Daemon> {
   const deadline = Date.now() + READY_LIMIT_MS
   while (Date.now() < deadline) {
     if (daemon.exited) {
-      throw new Error(`snapfs mount exited with ${await daemon.exit} before ${site.mnt} was mounted:\n${tail}`)
+      throw new Error(`${args.join(' ')} exited with ${await daemon.exit} before ${site.mnt} was mounted:\n${tail}`)
     }
-    if (await isReady(site.mnt, deadline)) return daemon
+    if (await isReady(site.mnt, fstype, deadline)) return daemon
     await sleep(READY_POLL_MS)
   }
   throw new Error(`${site.mnt} not mounted after ${READY_LIMIT_MS} ms; daemon output:\n${tail}`)
@@ -347,6 +368,39 @@ class LiveMount implements Mounted {
 export async function freshStore (t: Test): Promise<Store> {
   const { dir, store, mnt } = await openSite(t)
   return { dir, store, mnt }
+}
+
+/** A storage-less daemon of scripts/ mounted by a child process; `umount` stops it (SIGTERM). */
+export interface ScriptMount {
+  dir: string
+  mnt: string
+  child: ChildProcess
+  /** What the daemon printed (its last 64 KiB). */
+  output(): string
+  /** SIGTERM: the daemon unmounts and exits; resolves to its exit code. */
+  umount(): Promise<number>
+}
+
+/**
+ * Mounts `script` (a compiled daemon of scripts/ taking MOUNTPOINT then `extraArgs`, whose mount
+ * shows as `fstype`) on a fresh directory, torn down at the end of `t`.
+ */
+export async function mountScript (t: Test, script: string, fstype: string, extraArgs: string[] = []): Promise<ScriptMount> {
+  const file = join(SCRIPTS_DIR, script)
+  if (!existsSync(file)) throw new Error(`${file} is missing: build first (npx tsc -p tsconfig.json)`)
+  const site = await openDir(t)
+  const daemon = await startNode(site, [file, site.mnt, ...extraArgs], fstype)
+  daemon.stop = () => { daemon.child.kill('SIGTERM') }
+  return {
+    dir: site.dir,
+    mnt: site.mnt,
+    child: daemon.child,
+    output: daemon.output,
+    umount: async () => {
+      daemon.child.kill('SIGTERM')
+      return await within(daemon.exit, EXIT_LIMIT_MS, `${script} still runs ${EXIT_LIMIT_MS} ms after SIGTERM`)
+    }
+  }
 }
 
 /** A fresh store mounted in the foreground by a child daemon, torn down at the end of `t`. */
