@@ -11,7 +11,9 @@ import { syncMount } from './native.js'
 import type { JobInfo, QuotaInfo, RollbackResult, SnapshotInfo } from './fs/snapshots.js'
 import type { DiffEntry } from './fs/diff.js'
 import type { RestoreResult } from './fs/restore.js'
+import type { MountStatus } from './control/protocol.js'
 
+export type { MountStatus } from './control/protocol.js'
 export type { JobInfo, QuotaInfo, RollbackResult, SnapshotInfo, SnapshotState } from './fs/snapshots.js'
 export type { DiffChange, DiffEntry, DiffType } from './fs/diff.js'
 export type { RestoreResult } from './fs/restore.js'
@@ -93,6 +95,11 @@ export async function rollbackToSnapshot (mountpoint: string, name: string, opti
   return await call(absoluteMountpoint(mountpoint), 'snapshot.rollback', {
     name, dryRun: options.dryRun === true, safety: options.safetySnapshot !== false, force: options.force === true, wait: options.wait !== false
   }) as RollbackResult
+}
+
+/** The daemon behind a mount: its store, volume, transport, page cache and what the kernel sends it. */
+export async function mountStatus (mountpoint: string): Promise<MountStatus> {
+  return await call(absoluteMountpoint(mountpoint), 'status') as MountStatus
 }
 
 /** The long operations (rollback, delete, clone, restore) the daemon is running, with their progress. */

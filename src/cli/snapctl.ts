@@ -7,7 +7,7 @@
 import path from 'node:path'
 import { Command } from 'commander'
 import { UserError } from '../errors.js'
-import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listJobs, listSnapshots, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type JobInfo, type QuotaChange, type SnapshotInfo } from '../api.js'
+import { cloneSnapshot, createSnapshot, deleteSnapshot, diffSnapshots, listJobs, listSnapshots, mountStatus, restoreFromSnapshot, rollbackToSnapshot, showSnapshot, snapshotQuota, type JobInfo, type QuotaChange, type SnapshotInfo } from '../api.js'
 import { snapfsMountHolding } from '../daemon/mounts.js'
 import { formatBytes, formatTable, parseSize, runAction } from './common.js'
 
@@ -127,6 +127,20 @@ program.command('rollback')
       ? result.changes.map(e => e.change === 'R' ? `R\t${path.join(mnt, e.to ?? '')} -> ${path.join(mnt, e.path)}\n` : `${undo(e.change)}\t${path.join(mnt, e.path)}\n`).join('')
       : `rolled back to ${name}: ${done} in ${result.elapsedMs} ms` +
         (result.safetySnapshot === null ? '' : `; the state before is snapshot ${result.safetySnapshot}`) + '\n')
+  }))
+
+program.command('status')
+  .description('the daemon serving the mount: store, volume, transport, page cache, what the kernel sends')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { json?: boolean }) => runAction('snapctl', async () => {
+    const status = await mountStatus(mountOf())
+    const lines: Array<[string, string]> = [
+      ['mount', status.mountpoint], ['store', status.store], ['volume', status.volume], ['daemon pid', String(status.pid)],
+      ['transport', status.transport], ['page cache', `${formatBytes(status.residentBytes)} of ${formatBytes(status.cacheBytes)}, ${formatBytes(status.dirtyBytes)} dirty`]
+    ]
+    if (status.largestWrite !== undefined) lines.push(['largest write', formatBytes(status.largestWrite)])
+    if (status.kernelNodes !== undefined) lines.push(['kernel inodes', String(status.kernelNodes)])
+    print(opts.json, status, () => lines.map(([key, value]) => `${key}: ${value}\n`).join(''))
   }))
 
 program.command('jobs')

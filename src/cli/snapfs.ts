@@ -11,14 +11,14 @@ import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
 import { UserError } from '../errors.js'
 import { Store, DEFAULT_VOLUME, FORMAT_VERSION } from '../store/store.js'
-import { runDaemon } from '../daemon/daemon.js'
+import { runDaemon, type Transport } from '../daemon/daemon.js'
 import { absoluteMountpoint, answers, fuseUnmount, mountAt } from '../daemon/mounts.js'
 import { call } from '../control/client.js'
 import { checkStore } from '../store/check.js'
 import { beginVolumeDelete, promote, volumeDeleteStep } from '../store/clone.js'
 import { acquireVolumeLock } from '../daemon/lock.js'
 import { prefixRange, volumePrefix } from '../store/keys.js'
-import { syncMount } from '../native.js'
+import { nativeExports, syncMount } from '../native.js'
 import { defaultStore, formatBytes, formatTable, parseDuration, parseSize, runAction } from './common.js'
 
 const DEFAULT_CACHE = '256M'
@@ -57,6 +57,7 @@ program.command('mount')
   .addOption(new Option('--snapdir <mode>', 'whether the root\'s listing shows .snapshots (it is always reachable by path)').choices(['hidden', 'visible']).default('hidden'))
   .addOption(new Option('--allow-other', 'let other users use the mount (default when root)'))
   .addOption(new Option('--no-allow-other', 'only the mounting user may use the mount'))
+  .addOption(new Option('--transport <name>', 'native: libfuse 3 low-level, from this package\'s addon (default where it loads); fuse-native: libfuse 2 by path').choices(['native', 'fuse-native']))
   .action(async (first: string, second: string | undefined, opts: MountFlags) => runAction('snapfs', async () => {
     const storeDir = path.resolve(second === undefined ? defaultStore() : first)
     const mountpoint = absoluteMountpoint(second === undefined ? first : second)
@@ -71,7 +72,8 @@ program.command('mount')
     }
     const allowOther = opts.allowOther ?? (process.getuid?.() === 0)
     if (opts.foreground === true) {
-      const code = await runDaemon({ store: storeDir, volume: opts.volume, mountpoint, cacheBytes, dirtyAgeMs, allowOther, snapdirVisible: opts.snapdir === 'visible' })
+      const transport = opts.transport ?? defaultTransport()
+      const code = await runDaemon({ store: storeDir, volume: opts.volume, mountpoint, cacheBytes, dirtyAgeMs, allowOther, snapdirVisible: opts.snapdir === 'visible', transport })
       process.exit(code)
     }
     await mountInBackground(storeDir, mountpoint, opts)
@@ -86,7 +88,7 @@ program.command('umount')
     const mountpoint = absoluteMountpoint(mountArg)
     const entry = mountAt(mountpoint)
     if (entry === undefined) throw new UserError(`${mountpoint} is not mounted`)
-    if (answers(mountpoint)) syncMount(mountpoint)
+    if (answers(mountpoint)) flushKernel(mountpoint)
     try {
       await call(mountpoint, 'unmount', { force: opts.force === true })
     } catch (err) {
@@ -223,6 +225,31 @@ interface MountFlags {
   log?: string
   snapdir: string
   allowOther?: boolean
+  transport?: Transport
+}
+
+/**
+ * Sends the daemon what the kernel still caches for the mount before it unmounts. A write-back
+ * error the kernel kept from earlier (a full disk) is not this unmount's failure: the daemon
+ * flushes and reports its own state.
+ */
+function flushKernel (mountpoint: string): void {
+  try {
+    syncMount(mountpoint)
+  } catch (err) {
+    process.stderr.write(`snapfs: ${mountpoint}: ${(err as Error).message}\n`)
+  }
+}
+
+/** The native transport where the addon loads, else fuse-native (said once in the log). */
+function defaultTransport (): Transport {
+  try {
+    nativeExports()
+    return 'native'
+  } catch (err) {
+    process.stderr.write(`snapfs: the native transport is not available (${(err as Error).message}); using fuse-native\n`)
+    return 'fuse-native'
+  }
 }
 
 /** Starts this program with --foreground, detached, and waits until the mount answers. */
@@ -231,6 +258,7 @@ async function mountInBackground (storeDir: string, mountpoint: string, opts: Mo
   const log = fs.openSync(logFile, 'a')
   const args = [fileURLToPath(import.meta.url), 'mount', storeDir, mountpoint, '--foreground',
     '--volume', opts.volume, '--cache-size', opts.cacheSize, '--dirty-age', opts.dirtyAge, '--snapdir', opts.snapdir]
+  if (opts.transport !== undefined) args.push('--transport', opts.transport)
   if (opts.allowOther === false) args.push('--no-allow-other')
   if (opts.allowOther === true) args.push('--allow-other')
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] })

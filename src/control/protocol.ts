@@ -22,4 +22,8 @@ export interface MountStatus {
   cacheBytes: number
   residentBytes: number
   dirtyBytes: number
+  /** How the mount reaches the kernel, and (native) what the kernel sends and holds. */
+  transport: 'native' | 'fuse-native'
+  largestWrite?: number
+  kernelNodes?: number
 }

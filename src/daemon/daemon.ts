@@ -1,6 +1,7 @@
 /**
  * The mount daemon: opens the store, clears a stale mount of its own at the mount point, mounts
- * the live volume through fuse-native, serves the control socket, and shuts down in the order
+ * the live volume through the native transport (fuse/lowlevel/, the default where the addon
+ * loads) or fuse-native, serves the control socket, and shuts down in the order
  * flush → unmount → flush what the unmount released → close the store, on `snapfs umount`,
  * SIGTERM or SIGINT. It runs in its own process: a synchronous fs call on the mount from this
  * process would block the thread that must answer it.
@@ -14,6 +15,8 @@ import { Store } from '../store/store.js'
 import { LiveVolume } from '../fs/volume.js'
 import { FuseWithOptions, fuseOptionList } from '../fuse/mount-options.js'
 import { mountOps } from '../fuse/ops.js'
+import { nativeOps, type TransportStats } from '../fuse/lowlevel/ops.js'
+import { MAX_WRITE, Session } from '../fuse/lowlevel/session.js'
 import { Snapshots } from '../fs/snapshots.js'
 import { ControlServer } from '../control/server.js'
 import { socketPath } from '../control/socket-path.js'
@@ -34,7 +37,11 @@ export interface DaemonOptions {
   dirtyAgeMs: number
   allowOther: boolean
   snapdirVisible: boolean
+  transport: Transport
 }
+
+/** The libfuse 3 low-level transport of native/, or fuse-native (libfuse 2, by path). */
+export type Transport = 'native' | 'fuse-native'
 
 /** Page cache of each snapshot view being browsed, at most this share of the live cache. */
 const VIEW_CACHE_SHARE = 8
@@ -73,11 +80,29 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
   const snapshots = new Snapshots(volume, Math.max(4 * 1024 * 1024, Math.floor(options.cacheBytes / VIEW_CACHE_SHARE)))
   snapshots.resume()
 
-  const owner = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
-  const fuse = new FuseWithOptions(mountpoint, mountOps(volume, snapshots, { owner, snapdirVisible: options.snapdirVisible }), fuseOptionList({
-    fsname: `snapfs:${store.dir}`,
-    allowOther: options.allowOther
-  }), OP_TIMEOUT_MS)
+  const fsname = `snapfs:${store.dir}`
+  let session: Session | undefined
+  const stats: TransportStats = { largestWrite: 0, kernelNodes: 0 }
+  const mount = options.transport === 'native'
+    ? async (): Promise<void> => {
+      const ops = nativeOps(volume, snapshots, { snapdirVisible: options.snapdirVisible }, () => session, stats)
+      session = Session.mount(mountpoint, ops, {
+        fsname,
+        subtype: 'snapfs',
+        allowOther: options.allowOther,
+        // The kernel keeps written pages and sends them in 1 MiB requests; the daemon's page
+        // cache and its commits stay the only way data reaches the store.
+        writebackCache: true,
+        maxWrite: MAX_WRITE,
+        onError: (error, op) => { log(`the ${op} handler failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`) }
+      })
+    }
+    : async (): Promise<void> => {
+      const owner = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
+      const fuse = new FuseWithOptions(mountpoint, mountOps(volume, snapshots, { owner, snapdirVisible: options.snapdirVisible }),
+        fuseOptionList({ fsname, allowOther: options.allowOther }), OP_TIMEOUT_MS)
+      await new Promise<void>((resolve, reject) => { fuse.mount(err => err === null ? resolve() : reject(err)) })
+    }
 
   let exiting: Promise<number> | null = null
   const shutdown = async (lazy: boolean): Promise<number> => {
@@ -91,6 +116,7 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
         exiting = null
         throw new UserError(`cannot unmount ${mountpoint}: ${(err as Error).message}`)
       }
+      await session?.close()
       volume.writeback.stopTimer()
       await snapshots.stop()
       await volume.fsync()
@@ -111,7 +137,9 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
       mountpoint,
       cacheBytes: volume.cache.maxPages * volume.blockSize,
       residentBytes: volume.cache.residentPages * volume.blockSize,
-      dirtyBytes: volume.cache.dirtyPages * volume.blockSize
+      dirtyBytes: volume.cache.dirtyPages * volume.blockSize,
+      transport: options.transport,
+      ...options.transport === 'native' ? stats : {}
     }),
     sync: async () => { await volume.fsync() },
     'snapshot.create': async (args) => await snapshots.create(String(args.name ?? ''), String(args.description ?? '')),
@@ -133,15 +161,13 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     }
   })
 
-  await new Promise<void>((resolve, reject) => {
-    fuse.mount(err => err === null ? resolve() : reject(new UserError(`cannot mount ${mountpoint}: ${err.message}`)))
-  }).catch(async err => {
+  await mount().catch(async err => {
     control.close()
     await store.close()
     releaseLock()
-    throw err
+    throw new UserError(`cannot mount ${mountpoint}: ${(err as Error).message}`)
   })
-  log(`mounted ${store.dir} (volume ${options.volume}) on ${mountpoint}`)
+  log(`mounted ${store.dir} (volume ${options.volume}) on ${mountpoint} through ${options.transport}`)
   process.stdout.write(`mounted ${store.dir} on ${mountpoint}\n`)
 
   return await new Promise<number>(resolve => {

@@ -53,7 +53,8 @@ export function absoluteMountpoint (mountpoint: string): string {
 /** Whether the mount at `target` answers (false for a dead FUSE mount). */
 export function answers (target: string): boolean {
   try {
-    fs.statSync(target)
+    // Opening the directory always reaches the daemon; a stat may be answered from the kernel's cache.
+    fs.opendirSync(target).closeSync()
     return true
   } catch (err) {
     return (err as NodeJS.ErrnoException).code !== 'ENOTCONN'

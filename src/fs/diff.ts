@@ -92,9 +92,9 @@ export function diffGenerations (store: Store, vol: number, from: number, to: nu
 }
 
 function sameButAccess (a: InodeRecord, b: InodeRecord): boolean {
-  const { b: _ab, atime: _aa, ...restA } = a
-  const { b: _bb, atime: _ba, ...restB } = b
-  return JSON.stringify(restA) === JSON.stringify(restB)
+  const withoutAccess = ({ b: _birth, atime: _atime, ns, ...rest }: InodeRecord): object =>
+    ({ ...rest, ns: { ...ns, a: undefined } })
+  return JSON.stringify(withoutAccess(a)) === JSON.stringify(withoutAccess(b))
 }
 
 /** Paths of inodes at one generation, found through `parent` and the entries of that directory. */

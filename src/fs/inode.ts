@@ -3,7 +3,7 @@
  * daemon knows (open handles). Also the file-type helpers and the attribute shape every view
  * returns to the adapters.
  */
-import type { InodeRecord } from '../store/records.js'
+import type { InodeRecord, TimeNanos } from '../store/records.js'
 
 export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
@@ -32,6 +32,7 @@ export interface Attr {
   atime: number
   mtime: number
   ctime: number
+  ns?: TimeNanos
 }
 
 export function isDir (mode: number): boolean {
@@ -60,6 +61,7 @@ export function recordOf (inode: Inode): InodeFields {
     rdev: inode.rdev,
     blocks: inode.blocks
   }
+  if (inode.ns !== undefined) record.ns = inode.ns
   if (inode.target !== undefined) record.target = inode.target
   if (inode.parent !== undefined) record.parent = inode.parent
   return record
@@ -78,6 +80,24 @@ export function attrOf (inode: InodeFields & { ino: number }, blockSize: number)
     blocks: inode.blocks,
     atime: inode.atime,
     mtime: inode.mtime,
-    ctime: inode.ctime
+    ctime: inode.ctime,
+    ns: inode.ns
   }
+}
+
+export type TimeField = 'atime' | 'mtime' | 'ctime'
+
+/**
+ * Sets a time of an inode: `ms` since the epoch and `ns` nanoseconds within that millisecond (kept
+ * only when a caller set them; a time the file system stamps itself has none).
+ */
+export function setTime (inode: InodeFields, field: TimeField, ms: number, ns = 0): void {
+  inode[field] = ms
+  const key = field === 'atime' ? 'a' : field === 'mtime' ? 'm' : 'c'
+  if (ns === 0 && inode.ns?.[key] === undefined) return
+  const nanos: TimeNanos = { ...inode.ns }
+  if (ns === 0) delete nanos[key]
+  else nanos[key] = ns
+  if (Object.keys(nanos).length === 0) delete inode.ns
+  else inode.ns = nanos
 }

@@ -10,6 +10,7 @@
  * `removeTreeStep` takes away, in steps too, a tree whose restore did not complete.
  */
 import { isDir, isReg } from './inode.js'
+import type { TimeNanos } from '../store/records.js'
 import type { LiveVolume } from './volume.js'
 import type { SnapshotView } from './snapshot-view.js'
 
@@ -56,7 +57,7 @@ export class TreeRestore {
   /** Snapshot inode → its copy: a second name of a file links to the copy. */
   private readonly restored = new Map<number, number>()
   /** Inodes whose times the restore itself changes (directories filled, files linked again, the root renamed). */
-  private readonly timed: Array<{ ino: number, source: { atime: number, mtime: number, ctime: number } }> = []
+  private readonly timed: Array<{ ino: number, source: { atime: number, mtime: number, ctime: number, ns?: TimeNanos } }> = []
   private readonly pending: Array<{ from: number, parent: number, name: string }>
 
   constructor (volume: LiveVolume, view: SnapshotView, ino: number, parent: number, name: string) {

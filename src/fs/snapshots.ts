@@ -122,7 +122,22 @@ export interface QuotaInfo {
   bytes: number
 }
 
+/**
+ * What the mount's transport does when the daemon changed the volume behind the kernel's back,
+ * so the kernel drops what it caches (the native transport; fuse-native cannot).
+ */
+export interface KernelCache {
+  /** Anything in the live volume may have changed (a rollback). */
+  volumeChanged: () => void
+  /** These names in a live directory changed, and these inodes' attributes (a restore). */
+  entriesChanged: (dir: number, names: string[], inodes: number[]) => void
+  /** These names in `.snapshots` appeared or went. */
+  snapshotsChanged: (names: string[]) => void
+}
+
 export class Snapshots {
+  /** Told of changes the kernel cannot see, if the transport can act on them. */
+  kernel: KernelCache | null = null
   private readonly volume: LiveVolume
   private readonly viewCacheBytes: number
   private catalogue: SnapshotRecord[]
@@ -217,6 +232,7 @@ export class Snapshots {
       }
       volume.store.flushed()
       this.catalogue = snapshotsOf(volume.store, volume.record.id)
+      this.kernel?.snapshotsChanged([name])
       const elapsedMs = Math.round((performance.now() - started) * 10) / 10
       debug('created %s (gen %d) in %d ms', name, record.gen, elapsedMs)
       return { ...this.info(record), elapsedMs }
@@ -243,6 +259,7 @@ export class Snapshots {
       view.invalidate()
       this.views.delete(record.gen)
     }
+    this.kernel?.snapshotsChanged([name])
     const done = wait ? this.reached(`delete:${record.id}`) : null
     this.resume()
     return { name, freed: done === null ? 0 : await done }
@@ -305,6 +322,7 @@ export class Snapshots {
         await volume.writeback.commit()
       }
       volume.rename(parent, temporary, parent, leaf)
+      this.kernel?.entriesChanged(parent, [temporary, leaf], existing === undefined ? [] : [existing.ino])
       job.restoreTimes()
       volume.record.restoring = volume.record.restoring.filter(m => m !== marker)
       if (volume.record.restoring.length === 0) delete volume.record.restoring
@@ -484,6 +502,7 @@ export class Snapshots {
       try {
         await volume.writeback.commitWith(() => switchRollback(volume.store, volume.record), { allPages: true, blocking: true })
         volume.reload()
+        this.kernel?.volumeChanged()
       } finally {
         release()
       }
@@ -520,6 +539,7 @@ export class Snapshots {
       if (left.length === 0) delete volume.record.restoring
       else volume.record.restoring = left
       volume.changes.volume = true
+      this.kernel?.entriesChanged(marker.parent, [marker.name], [])
       debug('removed the partial restore %s', marker.name)
     }
     await volume.writeback.commit()

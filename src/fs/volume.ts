@@ -18,12 +18,12 @@
 import createDebug from 'debug'
 import { fail } from '../errors.js'
 import { NAME_MAX, bmapKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, prefixRange, volumePrefix } from '../store/keys.js'
-import { ROOT_INO, type DirentRecord, type InodeRecord, type VolumeRecord, type XattrRecord } from '../store/records.js'
+import { ROOT_INO, type DirentRecord, type InodeRecord, type TimeNanos, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
 import { RollbackOverlay } from '../store/rollback.js'
 import { PageCache } from '../cache/pagecache.js'
 import { ChangeSet, type Share } from './changes.js'
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, type Attr, type Inode, type InodeFields } from './inode.js'
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, setTime, type Attr, type Inode, type InodeFields } from './inode.js'
 import { Writeback } from './writeback.js'
 
 const debug = createDebug('snapfs:fs')
@@ -54,8 +54,14 @@ export interface AttrChange {
   uid?: number
   gid?: number
   size?: number
+  /** Milliseconds since the epoch, and nanoseconds within the millisecond. */
   atime?: number
+  atimeNs?: number
   mtime?: number
+  mtimeNs?: number
+  /** Set by a transport whose kernel keeps the times of cached writes (default: now). */
+  ctime?: number
+  ctimeNs?: number
 }
 
 export class LiveVolume {
@@ -86,6 +92,8 @@ export class LiveVolume {
   epoch = 0
   /** Restored files whose shared blocks are not in the store yet: reads take them from the snapshot. */
   readonly pendingShares = new Map<number, Share>()
+  /** Told when a read moved an access time: a transport whose kernel caches attributes drops them. */
+  atimeChanged: ((ino: number) => void) | null = null
   /** While a rollback sets records back: what the records it has not reached read as. */
   private overlay: RollbackOverlay | null
   /** Set while a snapshot is being frozen: writes wait for it. */
@@ -204,7 +212,7 @@ export class LiveVolume {
     this.addEntry(parent, name, inode, now)
     inode.nlink++
     inode.parent = parent
-    inode.ctime = now
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
     return inode
   }
@@ -259,8 +267,39 @@ export class LiveVolume {
       this.dirtyInode(from, now)
       this.dirtyInode(to, now)
     }
-    inode.ctime = now
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
+  }
+
+  /** rename(2) with RENAME_EXCHANGE: the two names swap their inodes, atomically. */
+  exchange (parentA: number, nameA: string, parentB: number, nameB: string): void {
+    const a = this.lookup(parentA, nameA)
+    const b = this.lookup(parentB, nameB)
+    if (a.ino === b.ino) return
+    if (parentA !== parentB) {
+      if (isDir(a.mode) && this.isAncestor(a.ino, parentB)) fail('EINVAL', `cannot move a directory into itself: ${nameA}`)
+      if (isDir(b.mode) && this.isAncestor(b.ino, parentA)) fail('EINVAL', `cannot move a directory into itself: ${nameB}`)
+    }
+    const now = Date.now()
+    this.removeEntry(parentA, nameA, now)
+    this.removeEntry(parentB, nameB, now)
+    this.addEntry(parentA, nameA, b, now)
+    this.addEntry(parentB, nameB, a, now)
+    a.parent = parentB
+    b.parent = parentA
+    if (parentA !== parentB && isDir(a.mode) !== isDir(b.mode)) {
+      const [from, to] = isDir(a.mode) ? [parentA, parentB] : [parentB, parentA]
+      const fromDir = this.inode(from)
+      const toDir = this.inode(to)
+      fromDir.nlink--
+      toDir.nlink++
+      this.dirtyInode(fromDir, now)
+      this.dirtyInode(toDir, now)
+    }
+    for (const inode of [a, b]) {
+      setTime(inode, 'ctime', now)
+      this.dirtyInode(inode, now)
+    }
   }
 
   /**
@@ -290,11 +329,11 @@ export class LiveVolume {
   }
 
   /** Sets an inode's times as a snapshot had them (a restored directory, once it is filled). */
-  restoreTimes (ino: number, record: { atime: number, mtime: number, ctime: number }): void {
+  restoreTimes (ino: number, record: { atime: number, mtime: number, ctime: number, ns?: TimeNanos }): void {
     const inode = this.inode(ino)
-    inode.atime = record.atime
-    inode.mtime = record.mtime
-    inode.ctime = record.ctime
+    setTime(inode, 'atime', record.atime, record.ns?.a)
+    setTime(inode, 'mtime', record.mtime, record.ns?.m)
+    setTime(inode, 'ctime', record.ctime, record.ns?.c)
     this.dirtyInode(inode, Date.now())
   }
 
@@ -312,9 +351,9 @@ export class LiveVolume {
     if (change.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (change.mode & 0o7777)
     if (change.uid !== undefined && change.uid !== -1 && change.uid !== 0xffffffff) inode.uid = change.uid
     if (change.gid !== undefined && change.gid !== -1 && change.gid !== 0xffffffff) inode.gid = change.gid
-    if (change.atime !== undefined) inode.atime = change.atime
-    if (change.mtime !== undefined) inode.mtime = change.mtime
-    inode.ctime = now
+    if (change.atime !== undefined) setTime(inode, 'atime', change.atime, change.atimeNs)
+    if (change.mtime !== undefined) setTime(inode, 'mtime', change.mtime, change.mtimeNs)
+    setTime(inode, 'ctime', change.ctime ?? now, change.ctimeNs)
     this.dirtyInode(inode, now)
     return attrOf(inode, this.blockSize)
   }
@@ -341,7 +380,7 @@ export class LiveVolume {
     attrs.set(name, copy)
     this.changes.setXattr(ino, name, copy, now)
     const inode = this.inode(ino)
-    inode.ctime = now
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
   }
 
@@ -351,7 +390,7 @@ export class LiveVolume {
     const now = Date.now()
     this.changes.setXattr(ino, name, null, now)
     const inode = this.inode(ino)
-    inode.ctime = now
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
   }
 
@@ -380,9 +419,10 @@ export class LiveVolume {
     if (count === 0) return 0
     const now = Date.now()
     if (inode.atime <= inode.mtime || inode.atime <= inode.ctime || now - inode.atime > RELATIME_MS) {
-      inode.atime = now
+      setTime(inode, 'atime', now)
       this.changes.accessed.add(ino)
       this.changes.touch(now)
+      this.atimeChanged?.(ino)
     }
     return count
   }
@@ -401,7 +441,18 @@ export class LiveVolume {
     }
   }
 
-  /** Writes `data` at `offset`; waits for write-back first when the page cache is full. */
+  /**
+   * Whether a write now would wait (writes held for a snapshot, or a cache full of dirty pages)
+   * before it copies its data: a caller whose buffer is only lent for the call must copy it then.
+   */
+  get writesWait (): boolean {
+    return this.writesHeld !== null || this.cache.isFull()
+  }
+
+  /**
+   * Writes `data` at `offset`; waits for write-back first when the page cache is full. Unless
+   * `writesWait`, the data is copied before this first yields.
+   */
   async write (ino: number, offset: number, data: Buffer): Promise<number> {
     while (this.writesHeld !== null) await this.writesHeld
     const inode = this.inode(ino)
@@ -424,8 +475,8 @@ export class LiveVolume {
       pos += count
     }
     if (end > inode.size) inode.size = end
-    inode.mtime = now
-    inode.ctime = now
+    setTime(inode, 'mtime', now)
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
     this.writeback.afterWrite()
     return data.length
@@ -544,8 +595,8 @@ export class LiveVolume {
     entries.set(name, entry)
     this.changes.setDirent(parent, name, { ino: entry.ino, type: entry.type }, now)
     const dir = this.inode(parent)
-    dir.mtime = now
-    dir.ctime = now
+    setTime(dir, 'mtime', now)
+    setTime(dir, 'ctime', now)
     this.dirtyInode(dir, now)
   }
 
@@ -553,8 +604,8 @@ export class LiveVolume {
     this.entries(parent).delete(name)
     this.changes.setDirent(parent, name, null, now)
     const dir = this.inode(parent)
-    dir.mtime = now
-    dir.ctime = now
+    setTime(dir, 'mtime', now)
+    setTime(dir, 'ctime', now)
     this.dirtyInode(dir, now)
   }
 
@@ -571,7 +622,7 @@ export class LiveVolume {
 
   private dropLink (inode: Inode, now: number): void {
     inode.nlink--
-    inode.ctime = now
+    setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
     if (inode.nlink === 0) this.release(inode, now)
   }
@@ -613,7 +664,7 @@ export class LiveVolume {
       }
     }
     inode.size = size
-    inode.mtime = now
+    setTime(inode, 'mtime', now)
   }
 
   private isAncestor (dir: number, of: number): boolean {

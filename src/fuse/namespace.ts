@@ -21,7 +21,7 @@ import type { PathTable } from './paths.js'
 const PREFIX = '/' + SNAPSHOT_DIR
 
 /** Inode number of `.snapshots`; snapshot roots count down below it (fuse-native carries 32 bits). */
-const SNAPSHOT_DIR_INO = 0xfffffffe
+export const SNAPSHOT_DIR_INO = 0xfffffffe
 const SNAPSHOT_ROOTS = 0x00ffffff
 
 /** Where a path leads: the view that answers for it and the inode there. */
@@ -89,7 +89,7 @@ export class Namespace {
 }
 
 /** `.snapshots` itself: a read-only directory whose entries are the ready snapshots. */
-class SnapshotListing implements ReadView {
+export class SnapshotListing implements ReadView {
   private readonly volume: LiveVolume
   private readonly snapshots: Snapshots
 
@@ -121,6 +121,6 @@ class SnapshotListing implements ReadView {
 }
 
 /** The inode number a snapshot's root shows: its id, counted down from `.snapshots`. */
-function rootIno (id: number): number {
+export function rootIno (id: number): number {
   return SNAPSHOT_DIR_INO - 1 - (id % SNAPSHOT_ROOTS)
 }

@@ -216,7 +216,9 @@ export function mountOps (volume: LiveVolume, snapshots: Snapshots, options: Ops
         cb(negativeErrno('write', err))
         return
       }
-      volume.write(ino, at, length === buf.length ? buf : buf.subarray(0, length)).then(cb, err => cb(negativeErrno('write', err)))
+      // fuse-native detaches `buf` when this callback returns: a write that must wait keeps a copy.
+      const data = length === buf.length ? buf : buf.subarray(0, length)
+      volume.write(ino, at, volume.writesWait ? Buffer.from(data) : data).then(cb, err => cb(negativeErrno('write', err)))
     },
     flush: (path: string, fh: number, cb: Cb) => later('flush', cb, async () => {
       const handle = handles.get(fh)

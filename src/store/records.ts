@@ -16,6 +16,11 @@ export interface InodeRecord {
   atime: number
   mtime: number
   ctime: number
+  /**
+   * Nanoseconds within the millisecond of a time a caller set (utimensat through a transport that
+   * carries them); absent for times the file system stamped itself.
+   */
+  ns?: TimeNanos
   rdev: number
   /** Space the data holds in the store, in 512-byte sectors (what st_blocks reports). */
   blocks: number
@@ -27,6 +32,9 @@ export interface InodeRecord {
    */
   parent?: number
 }
+
+/** Nanoseconds within the millisecond of the access, modification and change times. */
+export interface TimeNanos { a?: number, m?: number, c?: number }
 
 /** A name in a directory. */
 export interface DirentRecord {

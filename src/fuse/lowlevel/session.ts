@@ -172,7 +172,7 @@ export interface Operations {
   link?: (req: Request, ino: number, newParent: number, newName: string) => Result
   open?: (req: Request, ino: number, flags: number) => Result
   read?: (req: Request, ino: number, size: number, offset: number, fh: number) => Result
-  /** `data` is the daemon's own copy. */
+  /** `data` is libfuse's buffer, valid only until the handler returns: copy what must outlive it. */
   write?: (req: Request, ino: number, data: Buffer, offset: number, fh: number) => Result
   flush?: (req: Request, ino: number, fh: number) => Result
   release?: (req: Request, ino: number, fh: number, flags: number) => Result
