@@ -1,7 +1,8 @@
 /**
  * The snapshot section of `npm run bench`, on snapfs only: how long a snapshot takes to create
  * with nothing dirty on a small and a large volume, how much a snapshot costs in store space
- * after a partial overwrite, how fast a snapshot reads compared with the live file, and how long
+ * after a partial overwrite, how fast a snapshot reads compared with the live file, how long a
+ * rollback of many new files takes and how long the mount stops answering meanwhile, and how long
  * deleting a snapshot takes for the blocks it owns.
  *
  * scripts/bench.ts supplies the mounts and runs the file work in bench-worker.js; the snapshots
@@ -23,6 +24,9 @@ const OVERWRITE_CHUNK = 64 * 1024
 const VOLUME_FILES = 4
 const MIB = 1024 * 1024
 const MOUNT_DIR = 'mnt-snapshots'
+/** The lookup probe during a rollback starts this long before it, and runs this long in all. */
+const PROBE_LEAD_MS = 300
+const PROBE_MS = 20_000
 
 export interface SnapshotSettings {
   /** Rounds of the read, overwrite and delete measurements, each on a fresh store. */
@@ -55,6 +59,7 @@ export type SnapshotKey =
   | 'createSmall' | 'createLarge' | 'createFew' | 'createMany'
   | 'changed' | 'touched' | 'written' | 'growth' | 'growthPerChanged' | 'growthPerTouched'
   | 'readLive' | 'readSnapshot' | 'readRatio'
+  | 'rollbackSwitch' | 'rollbackDone' | 'rollbackStall'
   | DeleteKey
 
 export interface SnapshotRow {
@@ -127,6 +132,9 @@ class Section {
     add('readLive', `read ${small} MiB sequentially, live, cold`, 'MB/s')
     add('readSnapshot', `read ${small} MiB sequentially, via .snapshots, cold`, 'MB/s')
     add('readRatio', '  via .snapshots / live', 'ratio', '>= 0.8')
+    add('rollbackSwitch', `rollback of ${many} new files: until the volume reads as the snapshot`, 'ms')
+    add('rollbackDone', '  until every record is set back', 'ms')
+    add('rollbackStall', '  slowest lookup on the mount meanwhile', 'ms')
     add('deleteNone', this.deleteLabel('deleteNone'), 'ms')
     add('deleteChanged', this.deleteLabel('deleteChanged'), 'ms')
     add('deleteFile', this.deleteLabel('deleteFile'), 'ms')
@@ -224,6 +232,31 @@ class Section {
     })
   }
 
+  /**
+   * A rollback that undoes `many` new files, while another process looks names up on the mount:
+   * how long until the volume reads as the snapshot, until every record is set back, and the
+   * slowest lookup meanwhile (the rollback's steps must not stop the mount).
+   */
+  async rollbackTimes (): Promise<void> {
+    const [, many] = this.s.volumeFiles
+    await this.onFreshStore(`rollback of ${many} files`, async dir => {
+      await mkdir(join(dir, 'kept'))
+      await this.api.createSnapshot(dir, 'empty')
+      await this.host.runJob({ kind: 'create', dir: join(dir, 'many'), files: many })
+      await this.host.runOk('sync', [], false)
+      const probing = this.host.runJob({ kind: 'probe', dir: join(dir, 'kept'), ms: PROBE_MS })
+      await new Promise(resolve => setTimeout(resolve, PROBE_LEAD_MS))
+      const start = process.hrtime.bigint()
+      await this.api.rollbackToSnapshot(dir, 'empty', { safetySnapshot: false, wait: false })
+      this.record('rollbackSwitch', msSince(start))
+      while ((await this.api.listJobs(dir)).length > 0) await new Promise(resolve => setTimeout(resolve, 10))
+      this.record('rollbackDone', msSince(start))
+      const probe = await probing
+      if (probe.longest === undefined) throw new Error('the probe job reported no slowest lookup')
+      this.record('rollbackStall', probe.longest * 1000)
+    })
+  }
+
   /** A timed delete (waiting until the blocks are freed), with what it held and freed. */
   private async timedDelete (key: DeleteKey, dir: string, name: string): Promise<void> {
     const { used } = await this.api.showSnapshot(dir, name)
@@ -289,6 +322,7 @@ export async function snapshotSection (host: SnapshotHost, s: SnapshotSettings, 
   const section = new Section(await import('../src/index.js'), host, s, scratch)
   await mkdir(join(scratch, MOUNT_DIR))
   await section.createTimes()
+  await section.rollbackTimes()
   for (let runIndex = 1; runIndex <= s.runs; runIndex++) await section.round(runIndex)
   return {
     blockSize: section.blockSize,

@@ -18,12 +18,15 @@ export type Job =
   | { kind: 'create' | 'stat' | 'delete', dir: string, files: number }
   | { kind: 'overwrite', file: string, fraction: number, chunk: number, align: number, blockSize: number, seed: number }
   | { kind: 'make-tree', dir: string, fanout: number, filesPerDir: number, seed: number }
+  | { kind: 'probe', dir: string, ms: number }
 
 export interface JobResult {
   seconds: number
   count: number
   /** overwrite only: how many distinct store blocks the writes touched. */
   blocks?: number
+  /** probe only: the slowest answer, in seconds. */
+  longest?: number
 }
 
 const MIB = 1024 * 1024
@@ -161,6 +164,25 @@ function statFiles (dir: string, files: number): JobResult {
   return { seconds: secondsSince(start), count: files }
 }
 
+/**
+ * Looks up names that do not exist in `dir` for `ms` milliseconds, one after another: each reaches
+ * the daemon (the kernel keeps no negative entry it was not given), so the slowest shows how long
+ * the mount stopped answering.
+ */
+function probe (dir: string, ms: number): JobResult {
+  const start = process.hrtime.bigint()
+  const end = Date.now() + ms
+  let count = 0
+  let longest = 0
+  while (Date.now() < end) {
+    const asked = process.hrtime.bigint()
+    if (fs.existsSync(join(dir, `absent-${count}`))) throw new Error(`${dir}/absent-${count} exists`)
+    longest = Math.max(longest, secondsSince(asked))
+    count++
+  }
+  return { seconds: secondsSince(start), count, longest }
+}
+
 function deleteFiles (dir: string, files: number): JobResult {
   const start = process.hrtime.bigint()
   for (let i = 0; i < files; i++) fs.unlinkSync(smallFileName(dir, i))
@@ -204,6 +226,7 @@ function runJob (job: Job): JobResult {
     case 'delete': return deleteFiles(job.dir, job.files)
     case 'overwrite': return overwrite(job.file, job.fraction, job.chunk, job.align, job.blockSize, job.seed)
     case 'make-tree': return makeTree(job.dir, job.fanout, job.filesPerDir, job.seed)
+    case 'probe': return probe(job.dir, job.ms)
   }
 }
 

@@ -1,7 +1,7 @@
 /**
- * `npm run bench`: measures snapfs against the storage-less FUSE daemon on the same binding
- * (scripts/null-fs.ts, the ceiling for this stack), the same daemon on the project's own
- * low-level transport (scripts/null-fs-native.ts) and tmpfs, in one run on one machine, and
+ * `npm run bench`: measures snapfs on each FUSE transport (the project's own, native, and
+ * fuse-native) against the storage-less daemon on the same transport (scripts/null-fs-native.ts,
+ * scripts/null-fs.ts: the ceiling of each stack) and tmpfs, in one run on one machine, and
  * prints the medians as a table; then measures snapfs's snapshots (scripts/bench-snapshots.ts)
  * and prints a second table.
  *
@@ -19,12 +19,15 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import { CREATES_PER_STATE, snapshotSection, type SnapshotHost, type SnapshotResults, type SnapshotSettings } from './bench-snapshots.js'
 import type { Job, JobResult } from './bench-worker.js'
 
-const TARGETS = ['snapfs', 'null', 'null-native', 'tmpfs'] as const
+/** snapfs and the storage-less daemon on each transport (native, and fuse-native: "-fn"), and tmpfs. */
+const TARGETS = ['snapfs', 'snapfs-fn', 'null-native', 'null', 'tmpfs'] as const
 type Target = typeof TARGETS[number]
-const TARGET_TITLES: Record<Target, string> = { snapfs: 'snapfs', null: 'null-fs', 'null-native': 'null-fs native', tmpfs: 'tmpfs' }
+const TARGET_TITLES: Record<Target, string> = {
+  snapfs: 'snapfs', 'snapfs-fn': 'snapfs fuse-native', 'null-native': 'null-fs native', null: 'null-fs fuse-native', tmpfs: 'tmpfs'
+}
 /** The ratio columns, each shown when both its targets are measured: first / second. */
 const RATIOS: Array<[Target, Target]> = [
-  ['snapfs', 'null'], ['snapfs', 'null-native'], ['snapfs', 'tmpfs'], ['null-native', 'null'], ['null-native', 'tmpfs']
+  ['snapfs', 'snapfs-fn'], ['snapfs', 'null-native'], ['snapfs-fn', 'null'], ['null-native', 'null'], ['snapfs', 'tmpfs']
 ]
 /** `--only` takes targets and this name of the snapshot section. */
 const SNAPSHOTS = 'snapshots'
@@ -308,8 +311,8 @@ async function initSnapfs (store: string): Promise<number> {
 }
 
 /** Mounts an existing store; `stop` unmounts it and leaves the store. */
-async function startSnapfs (dir: string, store: string): Promise<Mounted> {
-  const daemon = new Daemon([SNAPFS_CLI, 'mount', store, dir, '--foreground'])
+async function startSnapfs (dir: string, store: string, transport: 'native' | 'fuse-native' = 'native'): Promise<Mounted> {
+  const daemon = new Daemon([SNAPFS_CLI, 'mount', store, dir, '--foreground', '--transport', transport])
   const stop = async (): Promise<void> => {
     if (daemon.running) {
       if (await mountType(dir) !== undefined) {
@@ -335,10 +338,10 @@ async function startSnapfs (dir: string, store: string): Promise<Mounted> {
 }
 
 /** A fresh store, mounted; `stop` also removes the store. */
-async function mountSnapfs (dir: string, store: string): Promise<Mounted> {
+async function mountSnapfs (dir: string, store: string, transport: 'native' | 'fuse-native'): Promise<Mounted> {
   try {
     await initSnapfs(store)
-    const mounted = await startSnapfs(dir, store)
+    const mounted = await startSnapfs(dir, store, transport)
     return {
       ...mounted,
       stop: async () => {
@@ -554,7 +557,8 @@ async function mountTarget (target: Target, scratch: string, runIndex: number): 
     case 'tmpfs': return await mountTmpfs(dir)
     case 'null': return await mountNull(dir, NULL_FS, TARGET_TITLES.null)
     case 'null-native': return await mountNull(dir, NULL_FS_NATIVE, TARGET_TITLES['null-native'])
-    case 'snapfs': return await mountSnapfs(dir, join(scratch, `store-${runIndex}`))
+    case 'snapfs': return await mountSnapfs(dir, join(scratch, `store-${runIndex}`), 'native')
+    case 'snapfs-fn': return await mountSnapfs(dir, join(scratch, `store-${runIndex}`), 'fuse-native')
   }
 }
 
@@ -636,7 +640,7 @@ async function snapshotsOnSnapfs (snapshots: SnapshotSettings, scratch: string):
     runOk,
     dropCaches,
     initStore: initSnapfs,
-    mount: startSnapfs
+    mount: async (dir, store) => await startSnapfs(dir, store)
   }
   const results = await snapshotSection(host, snapshots, scratch)
   return {

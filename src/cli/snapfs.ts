@@ -57,7 +57,7 @@ program.command('mount')
   .addOption(new Option('--snapdir <mode>', 'whether the root\'s listing shows .snapshots (it is always reachable by path)').choices(['hidden', 'visible']).default('hidden'))
   .addOption(new Option('--allow-other', 'let other users use the mount (default when root)'))
   .addOption(new Option('--no-allow-other', 'only the mounting user may use the mount'))
-  .addOption(new Option('--transport <name>', 'native: libfuse 3 low-level, from this package\'s addon (default where it loads); fuse-native: libfuse 2 by path').choices(['native', 'fuse-native']))
+  .addOption(new Option('--transport <name>', 'native: libfuse 3 low-level, from this package\'s addon (default where it loads); fuse-native: libfuse 2 by path').choices(['native', 'fuse-native']).env('SNAPFS_TRANSPORT'))
   .action(async (first: string, second: string | undefined, opts: MountFlags) => runAction('snapfs', async () => {
     const storeDir = path.resolve(second === undefined ? defaultStore() : first)
     const mountpoint = absoluteMountpoint(second === undefined ? first : second)

@@ -44,9 +44,9 @@ const ROLLBACK_SCAN_BATCH = 8192
 const ROLLBACK_APPLY_BATCH = 1024
 /**
  * How long the kernel may keep a name it looked up (libfuse 2's default entry timeout, 1 s, with
- * a margin). fuse-native cannot invalidate the kernel's entries, so a snapshot created under the
- * name of one deleted less than this ago waits out the rest: a cached path under the old one
- * whose file changed type would otherwise answer EIO.
+ * a margin). A transport that cannot invalidate the kernel's entries (fuse-native: no `kernel`)
+ * makes a snapshot created under the name of one deleted less than this ago wait out the rest: a
+ * cached path under the old one whose file changed type would otherwise answer EIO.
  */
 const KERNEL_ENTRY_MS = 1100
 /** After a failed background step (a full disk), the next try waits this long. */
@@ -213,7 +213,7 @@ export class Snapshots {
     checkQuota(volume.record, this.catalogue)
     await this.rollbackFinished()
     const since = Date.now() - (this.hidden.get(name) ?? 0)
-    if (since < KERNEL_ENTRY_MS) await new Promise(resolve => setTimeout(resolve, KERNEL_ENTRY_MS - since))
+    if (this.kernel === null && since < KERNEL_ENTRY_MS) await new Promise(resolve => setTimeout(resolve, KERNEL_ENTRY_MS - since))
     this.hidden.delete(name)
     if (this.creating.has(name)) throw new UserError(`a snapshot named "${name}" already exists`)
     const now = Date.now()
@@ -314,7 +314,7 @@ export class Snapshots {
       marker = { parent, name: temporary }
       this.restoring.add(marker)
       volume.record.restoring = [...volume.record.restoring ?? [], marker]
-      volume.changes.volume = true
+      volume.recordChanged()
       await volume.writeback.commit()
       const job = new TreeRestore(volume, view, source, parent, temporary)
       while (!job.step(RESTORE_BATCH)) {
@@ -326,7 +326,7 @@ export class Snapshots {
       job.restoreTimes()
       volume.record.restoring = volume.record.restoring.filter(m => m !== marker)
       if (volume.record.restoring.length === 0) delete volume.record.restoring
-      volume.changes.volume = true
+      volume.recordChanged()
       await volume.fsync()
       debug('restored %s from %s to %s: %d inodes', from, name, target, job.result.inodes)
       return { ...job.result, path }
@@ -538,7 +538,7 @@ export class Snapshots {
       const left = (volume.record.restoring ?? []).filter(m => m !== marker)
       if (left.length === 0) delete volume.record.restoring
       else volume.record.restoring = left
-      volume.changes.volume = true
+      volume.recordChanged()
       this.kernel?.entriesChanged(marker.parent, [marker.name], [])
       debug('removed the partial restore %s', marker.name)
     }

@@ -527,6 +527,12 @@ export class LiveVolume {
     this.liveInodes = this.store.inodes.getKeysCount(prefixRange(volumePrefix(this.record.id)))
   }
 
+  /** The volume record changed in memory (fs/snapshots.ts keeps state there): the next commit saves it. */
+  recordChanged (): void {
+    this.changes.volume = true
+    this.changes.touch(Date.now())
+  }
+
   /** Inodes in the volume (statfs reports it as files in use). */
   inodeCount (): number {
     return this.liveInodes

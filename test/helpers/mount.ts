@@ -27,6 +27,14 @@ export const SCRIPTS_DIR = resolve(dirname(SNAPFS_CLI), '..', '..', 'scripts')
 /** The file-system type a snapfs mount shows in /proc/mounts. */
 export const FSTYPE = 'fuse.snapfs'
 
+/** The FUSE transport the daemons of this run use (SNAPFS_TRANSPORT, as `snapfs mount` reads it). */
+export const TRANSPORT: 'native' | 'fuse-native' = process.env.SNAPFS_TRANSPORT === 'fuse-native' ? 'fuse-native' : 'native'
+
+/** A limit of fuse-native: `reason` as a todo on that transport, nothing on the native one. */
+export function onFuseNative (reason: string): string | false {
+  return TRANSPORT === 'fuse-native' ? reason : false
+}
+
 /**
  * Test directories live on a real disk, never on a tmpfs that memory-bound tests would fill. A
  * run may choose its own parent, so it sweeps only what its own earlier runs abandoned.
