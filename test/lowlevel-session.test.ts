@@ -10,26 +10,13 @@ import t from 'tap'
 import { chmod, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { errnoOf, mountsAt, mountScript, run, type ScriptMount } from './helpers/mount.js'
+import { errnoOf, mountsAt, mountScript, renameat2, run, type ScriptMount } from './helpers/mount.js'
 
 t.setTimeout(60_000)
 
 const DAEMON = 'null-fs-native.js'
 const FSTYPE = 'fuse.nullfs'
 const MIB = 1024 * 1024
-
-/** renameat2(from, to, flags) in a child: 'ok', or the errno's name. */
-async function renameat2 (from: string, to: string, flags: number): Promise<string> {
-  const script = [
-    'import ctypes, errno, sys',
-    'libc = ctypes.CDLL(None, use_errno=True)',
-    'r = libc.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), int(sys.argv[3]))',
-    "print('ok' if r == 0 else errno.errorcode[ctypes.get_errno()])"
-  ].join('\n')
-  const result = await run('python3', ['-c', script, from, to, String(flags)])
-  if (result.code !== 0) throw new Error(`python3 renameat2: ${result.stderr}`)
-  return result.stdout.trim()
-}
 
 let m: ScriptMount
 t.before(async () => { m = await mountScript(t, DAEMON, FSTYPE, ['--allow-other']) })

@@ -25,7 +25,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createSnapshot, deleteSnapshot, mountStatus, restoreFromSnapshot, rollbackToSnapshot } from '../dist/src/index.js'
 import { ctlJson, ctlOk, umountAndCheck } from './helpers/ctl.js'
-import { TRANSPORT, errnoOf, mountFresh, run, sha, scratchDir, type Mounted } from './helpers/mount.js'
+import { TRANSPORT, errnoOf, mountFresh, renameat2, run, sha, scratchDir, type Mounted } from './helpers/mount.js'
 import type { MountStatus } from '../src/control/protocol.js'
 
 const MiB = 1024 * 1024
@@ -64,19 +64,6 @@ async function kernelNodes (m: Mounted): Promise<number> {
 async function asUser (t: Test, script: string): Promise<void> {
   const r = await run('setpriv', [`--reuid=${USER}`, `--regid=${GROUP}`, '--clear-groups', '--', 'sh', '-c', script])
   t.equal(r.code, 0, `as ${USER}:${GROUP}: ${script} ${r.stderr}`)
-}
-
-/** renameat2(from, to, flags) in a child: 'ok', or the errno's name. */
-async function renameat2 (from: string, to: string, flags: number): Promise<string> {
-  const script = [
-    'import ctypes, errno, sys',
-    'libc = ctypes.CDLL(None, use_errno=True)',
-    'r = libc.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), int(sys.argv[3]))',
-    "print('ok' if r == 0 else errno.errorcode[ctypes.get_errno()])"
-  ].join('\n')
-  const r = await run('python3', ['-c', script, from, to, String(flags)])
-  if (r.code !== 0) throw new Error(`python3 renameat2: ${r.stderr}`)
-  return r.stdout.trim()
 }
 
 /** The inode number readdir gives for each name in `dir` (d_ino, without a stat: python's scandir). */

@@ -6,7 +6,7 @@
  * refused with one clear line and left untouched; `snapfs check` passes a store after real use
  * and finds the damage in a deliberately broken one (a lost block, a wrong link count).
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { mkdtemp, rm, writeFile, readdir, mkdir, copyFile, readFile, readlink, stat } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -110,13 +110,19 @@ t.test('check passes a store after real use, and finds a lost block and a wrong 
   t.match(damaged.stdout, /^damaged:/m)
 })
 
-t.test('a golden v1 store is upgraded when opened: same files, check passes, snapshots work', async t => {
+/** A fresh site whose store is a copy of golden store `name`, which `snapfs check` passes as it is. */
+async function goldenSite (t: Test, name: string): Promise<Awaited<ReturnType<typeof freshStore>>> {
   const site = await freshStore(t)
   await rm(site.store, { recursive: true })
   await mkdir(site.store, { mode: 0o700 })
-  await copyFile(join(GOLDEN, 'store-v1', 'data.mdb'), join(site.store, 'data.mdb'))
+  await copyFile(join(GOLDEN, name, 'data.mdb'), join(site.store, 'data.mdb'))
   const check = await snapfs(['check', site.store])
   t.equal(check.code, 0, check.stdout + check.stderr)
+  return site
+}
+
+t.test('a golden v1 store is upgraded when opened: same files, check passes, snapshots work', async t => {
+  const site = await goldenSite(t, 'store-v1')
   const info = JSON.parse((await snapfs(['info', site.store, '--json'])).stdout) as { format: number, volumes: Array<{ used: number, written: number }> }
   t.equal(info.format, 3, 'opened as format v3')
   t.equal(info.volumes[0].used, info.volumes[0].written, 'all its data counts as written since the (absent) latest snapshot')
@@ -139,12 +145,7 @@ t.test('a golden v1 store is upgraded when opened: same files, check passes, sna
 })
 
 t.test('a golden v2 store is upgraded when opened: same files, its snapshot still browsable, check passes', async t => {
-  const site = await freshStore(t)
-  await rm(site.store, { recursive: true })
-  await mkdir(site.store, { mode: 0o700 })
-  await copyFile(join(GOLDEN, 'store-v2', 'data.mdb'), join(site.store, 'data.mdb'))
-  const check = await snapfs(['check', site.store])
-  t.equal(check.code, 0, check.stdout + check.stderr)
+  const site = await goldenSite(t, 'store-v2')
   const info = JSON.parse((await snapfs(['info', site.store, '--json'])).stdout) as { format: number }
   t.equal(info.format, 3, 'opened as format v3')
   t.teardown(async () => { await snapfs(['umount', '--force', site.mnt]) })

@@ -429,3 +429,16 @@ export async function scratchDir (m: Mounted, name: string): Promise<string> {
   await chmod(dir, 0o755)
   return dir
 }
+
+/** renameat2(from, to, flags) in a child (python3 ctypes): 'ok', or the errno's name. */
+export async function renameat2 (from: string, to: string, flags: number): Promise<string> {
+  const script = [
+    'import ctypes, errno, sys',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'r = libc.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), int(sys.argv[3]))',
+    "print('ok' if r == 0 else errno.errorcode[ctypes.get_errno()])"
+  ].join('\n')
+  const result = await run('python3', ['-c', script, from, to, String(flags)])
+  if (result.code !== 0) throw new Error(`python3 renameat2: ${result.stderr}`)
+  return result.stdout.trim()
+}
