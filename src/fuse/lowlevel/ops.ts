@@ -32,6 +32,8 @@ const debug = createDebug('snapfs:fuse')
 /** How long the kernel may keep names and attributes: the daemon invalidates what it changes itself. */
 const ENTRY_TIMEOUT_S = 1
 const ATTR_TIMEOUT_S = 1
+/** Kernel nodes invalidated per turn of the event loop after a rollback. */
+const INVALIDATION_BATCH = 256
 const O_ACCMODE = 3
 const O_TRUNC = constants.O_TRUNC
 const S_ISGID = 0o2000
@@ -311,12 +313,19 @@ function invalidations (nodes: NodeTable, session: () => Session | undefined): K
     volumeChanged: () => {
       const open = session()
       if (open === undefined) return
-      for (const { node, names } of nodes.liveNodes()) {
-        quietly(open.invalidateInode(node, 0, 0))
-        for (const { parent, name } of names) quietly(open.invalidateEntry(parent, name))
+      const held = [...nodes.liveNodes()]
+      // A batch per turn of the event loop, so that tens of thousands of nodes never hold up the
+      // requests that come meanwhile.
+      const invalidate = (from: number): void => {
+        for (const { node, names } of held.slice(from, from + INVALIDATION_BATCH)) {
+          quietly(open.invalidateInode(node, 0, 0))
+          for (const { parent, name } of names) quietly(open.invalidateEntry(parent, name))
+        }
+        if (from + INVALIDATION_BATCH < held.length) setImmediate(() => { invalidate(from + INVALIDATION_BATCH) })
+        else debug('rollback: invalidated the %d nodes the kernel held of the live volume', held.length)
       }
       quietly(open.invalidateInode(ROOT_INO, 0, 0))
-      debug('rollback: invalidated what the kernel holds of the live volume')
+      invalidate(0)
     },
     entriesChanged: (dir, names, inodes) => {
       const open = session()
