@@ -332,6 +332,7 @@ export class Snapshots {
       return { ...job.result, path }
     } finally {
       this.restores.delete(path)
+      this.rates.delete(`restore:${path}`)
       if (marker !== undefined) this.restoring.delete(marker)
       this.resume()
     }

@@ -49,6 +49,8 @@ export function checkStore (store: Store): CheckReport {
   const cloning = new Set<number>()
   /** Volumes whose rollback is setting records back: what their pending records read as. */
   const overlays = new Map<number, RollbackOverlay>()
+  /** Volumes with a rollback in progress, in either phase: the only ones that may have pending records. */
+  const rollingBack = new Set<number>()
   for (const { value } of store.volumes.getRange()) {
     volumes.set(value.id, { name: value.name, nextIno: value.nextIno })
     if (value.cloning !== undefined || value.deleting === true) cloning.add(value.id)
@@ -57,6 +59,7 @@ export function checkStore (store: Store): CheckReport {
     for (const marker of value.restoring ?? []) report.unfinished.push(`volume ${value.name}: a restore stopped half-way left ${marker.name} in directory ${marker.parent}; the next mount removes it`)
     if (value.deleting === true) report.unfinished.push(`volume ${value.name}: being deleted; snapfs delete-volume ${value.name} finishes it`)
     if (value.rollback !== undefined) {
+      rollingBack.add(value.id)
       const { name, phase, done, total } = value.rollback
       report.unfinished.push(`volume ${value.name}: the rollback to ${name} ${phase === 'scan' ? 'is listing the changes' : `has set back ${done} of ${total} records`}; it goes on at the next mount`)
     }
@@ -64,8 +67,7 @@ export function checkStore (store: Store): CheckReport {
   for (const key of store.pending.getKeys()) {
     const { table, headKey } = decodePendingKey(key as Buffer)
     const { vol } = decodeInodeKey(headKey)
-    const rollback = store.volumes.get(vol)?.rollback
-    if (rollback === undefined) problems.push(`pending record (table ${table}) of volume ${vol}, which has no rollback in progress`)
+    if (!rollingBack.has(vol)) problems.push(`pending record (table ${table}) of volume ${vol}, which has no rollback in progress`)
   }
   /** Whether a head of a volume in the middle of a rollback is pending: the snapshot's version stands for it. */
   const pending = (vol: number, table: Table, key: Buffer): boolean => overlays.has(vol) && store.pending.doesExist(pendingKey(table, key))
