@@ -31,6 +31,24 @@ t.test('data closed and synced survives kill -9 of the daemon', async t => {
   t.equal(sha(await readFile(join(again.mnt, 'closed'))), sha(data), 'the same 5 MiB after remount')
 })
 
+t.test('files written 100 at a time and closed keep the times they showed through kill -9 and a remount', async t => {
+  const m = await mountFresh(t, HOLD_DIRTY)
+  const names = Array.from({ length: 400 }, (_, i) => `f${i}`)
+  for (let i = 0; i < names.length; i += 100) {
+    await Promise.all(names.slice(i, i + 100).map(async name => { await writeFile(join(m.mnt, name), `${name}\n`) }))
+  }
+  t.equal((await run('sync', [])).code, 0, 'sync')
+  const times = async (mnt: string): Promise<string[]> => await Promise.all(names.map(async name => {
+    const st = await stat(join(mnt, name), { bigint: true })
+    return `${name} ${st.size} ${st.mtimeNs} ${st.ctimeNs}`
+  }))
+  const before = await times(m.mnt)
+  await m.kill9()
+  const again = await m.remount()
+  const after = await times(again.mnt)
+  t.same(after.filter((line, i) => line !== before[i]), [], 'every file has the size, mtime and ctime it showed before the kill')
+})
+
 t.test('data fsynced by a writer that never closed survives kill -9 of the daemon', async t => {
   const m = await mountFresh(t, HOLD_DIRTY)
   const file = join(m.mnt, 'held-open')

@@ -451,9 +451,12 @@ export class LiveVolume {
 
   /**
    * Writes `data` at `offset`; waits for write-back first when the page cache is full. Unless
-   * `writesWait`, the data is copied before this first yields.
+   * `writesWait`, the data is copied before this first yields. The file's mtime and ctime become
+   * now, unless `kernelTimes`: the kernel's writeback cache keeps the times of the writes it
+   * caches, and sends them as a setattr before the flush; the moment it passes the pages on is
+   * not the moment they were written.
    */
-  async write (ino: number, offset: number, data: Buffer): Promise<number> {
+  async write (ino: number, offset: number, data: Buffer, kernelTimes = false): Promise<number> {
     while (this.writesHeld !== null) await this.writesHeld
     const inode = this.inode(ino)
     if (!isReg(inode.mode)) fail('EINVAL', `inode ${ino} is not a regular file`)
@@ -475,8 +478,10 @@ export class LiveVolume {
       pos += count
     }
     if (end > inode.size) inode.size = end
-    setTime(inode, 'mtime', now)
-    setTime(inode, 'ctime', now)
+    if (!kernelTimes) {
+      setTime(inode, 'mtime', now)
+      setTime(inode, 'ctime', now)
+    }
     this.dirtyInode(inode, now)
     this.writeback.afterWrite()
     return data.length

@@ -152,7 +152,11 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
   snapshots.kernel = invalidations(nodes, session)
   volume.atimeChanged = ino => { session()?.invalidateInode(ino, -1, 0).catch(() => {}) }
 
+  /** Whether the kernel caches writes, and so keeps the times of regular files (agreed at init). */
+  let kernelTimes = false
+
   return {
+    init: info => { kernelTimes = info.writebackCache },
     forget: (node, count) => {
       nodes.forget(node, count)
       stats.kernelNodes = nodes.size
@@ -241,7 +245,7 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
       const handle = handleOf(fh)
       if (!handle.writable) fail('EROFS', 'snapshots are read-only')
       stats.largestWrite = Math.max(stats.largestWrite, data.length)
-      replyWrite(req, await volume.write(handle.ino, offset, volume.writesWait ? Buffer.from(data) : data))
+      replyWrite(req, await volume.write(handle.ino, offset, volume.writesWait ? Buffer.from(data) : data, kernelTimes))
     }),
     flush: (req, _node, fh) => runAsync('flush', req, async () => {
       const handle = handles.get(fh)
