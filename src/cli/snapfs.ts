@@ -83,14 +83,15 @@ program.command('umount')
   .alias('unmount')
   .description('flush everything and unmount; the daemon exits')
   .argument('<mountpoint>')
-  .option('--force', 'unmount even when busy or when the daemon is dead (lazy unmount)')
+  .option('--force', 'unmount even when busy, when the daemon is dead (lazy unmount) or when it holds changes a full disk cannot take (they are lost)')
   .action(async (mountArg: string, opts: { force?: boolean }) => runAction('snapfs', async () => {
     const mountpoint = absoluteMountpoint(mountArg)
     const entry = mountAt(mountpoint)
     if (entry === undefined) throw new UserError(`${mountpoint} is not mounted`)
-    if (answers(mountpoint)) flushKernel(mountpoint)
+    let warning = answers(mountpoint) ? flushKernel(mountpoint) : undefined
     try {
-      await call(mountpoint, 'unmount', { force: opts.force === true })
+      const { lost } = await call(mountpoint, 'unmount', { force: opts.force === true }) as { lost: string | null }
+      if (lost !== null) warning = `unmounted without the changes the daemon could not commit (${lost})`
     } catch (err) {
       if (!(err instanceof UserError) || !/no snapfs daemon answers|closed the connection/.test(err.message)) throw err
       if (/closed the connection/.test(err.message) && mountAt(mountpoint) === undefined) return
@@ -100,6 +101,7 @@ program.command('umount')
       }
       await fuseUnmount(mountpoint, true)
     }
+    if (warning !== undefined) process.stderr.write(`snapfs: ${mountpoint}: ${warning}\n`)
     process.stdout.write(`unmounted ${mountpoint}\n`)
   }))
 
@@ -231,13 +233,15 @@ interface MountFlags {
 /**
  * Sends the daemon what the kernel still caches for the mount before it unmounts. A write-back
  * error the kernel kept from earlier (a full disk) is not this unmount's failure: the daemon
- * flushes and reports its own state.
+ * flushes and reports its own state. Returns that error's message, said once the unmount is done
+ * (an unmount that fails says why itself).
  */
-function flushKernel (mountpoint: string): void {
+function flushKernel (mountpoint: string): string | undefined {
   try {
     syncMount(mountpoint)
+    return undefined
   } catch (err) {
-    process.stderr.write(`snapfs: ${mountpoint}: ${(err as Error).message}\n`)
+    return (err as Error).message
   }
 }
 

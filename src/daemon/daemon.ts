@@ -104,14 +104,28 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
       await new Promise<void>((resolve, reject) => { fuse.mount(err => err === null ? resolve() : reject(err)) })
     }
 
-  let exiting: Promise<number> | null = null
-  const shutdown = async (lazy: boolean): Promise<number> => {
+  /**
+   * Flushes, unmounts and closes the store. Forced, the unmount is lazy and goes on when what the
+   * daemon holds cannot be committed (a full disk): it resolves with why that was lost.
+   */
+  let exiting: Promise<string | undefined> | null = null
+  const shutdown = async (force: boolean): Promise<string | undefined> => {
     if (exiting !== null) return await exiting
     exiting = (async () => {
       log(`unmounting ${mountpoint}`)
-      await volume.flush()
+      let lost: string | undefined
       try {
-        await fuseUnmount(mountpoint, lazy)
+        await volume.flush()
+      } catch (err) {
+        if (!force) {
+          exiting = null
+          throw new UserError(`cannot unmount ${mountpoint}: ${(err as Error).message}; what is not committed stays in memory: make room (deleting files on the mount does) and unmount again, or unmount with --force and lose it`)
+        }
+        lost = (err as Error).message
+        log(`unmounting without the changes that could not be committed: ${lost}`)
+      }
+      try {
+        await fuseUnmount(mountpoint, force)
       } catch (err) {
         exiting = null
         throw new UserError(`cannot unmount ${mountpoint}: ${(err as Error).message}`)
@@ -119,12 +133,16 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
       await session?.close()
       volume.writeback.stopTimer()
       await snapshots.stop()
-      await volume.fsync()
       control.close()
-      await store.close()
+      if (lost === undefined) {
+        await volume.fsync()
+        await store.close()
+      }
+      // Else the store is left as its last commit made it: lmdb-js never finishes closing an
+      // environment after a failed commit, and the process ends next.
       releaseLock()
-      log('unmounted, store closed')
-      return 0
+      log(lost === undefined ? 'unmounted, store closed' : 'unmounted, store left as last committed')
+      return lost
     })()
     return await exiting
   }
@@ -155,9 +173,9 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
     'snapshot.clone': async (args) => await snapshots.clone(String(args.name ?? ''), String(args.volume ?? ''), args.wait !== false),
     'snapshot.quota': async (args) => await snapshots.quota(quotaChange(args)),
     unmount: async (args) => {
-      await shutdown(args.force === true)
-      setImmediate(() => process.exit(0))
-      return { unmounted: mountpoint }
+      const lost = await shutdown(args.force === true)
+      setImmediate(() => process.exit(lost === undefined ? 0 : 1))
+      return { unmounted: mountpoint, lost: lost ?? null }
     }
   })
 
@@ -173,7 +191,7 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
   return await new Promise<number>(resolve => {
     const onSignal = (signal: string): void => {
       log(`${signal}: flushing and unmounting`)
-      shutdown(false).catch(async () => await shutdown(true)).then(resolve, err => {
+      shutdown(false).catch(async () => await shutdown(true)).then(lost => { resolve(lost === undefined ? 0 : 1) }, err => {
         log(`shutdown failed: ${(err as Error).message}`)
         resolve(1)
       })

@@ -655,6 +655,7 @@ export class LiveVolume {
     if (this.changes.orphans.get(inode.ino) === true) this.changes.orphans.delete(inode.ino)
     else this.changes.orphans.set(inode.ino, false)
     this.changes.touch(now)
+    this.writeback.freed()
   }
 
   private truncate (inode: Inode, size: number, now: number): void {

@@ -11,7 +11,7 @@
  * after the changes, so the step sees the store exactly as the volume is at that instant.
  */
 import createDebug from 'debug'
-import { UserError } from '../errors.js'
+import { FsError, UserError } from '../errors.js'
 import { applyChanges } from './commit.js'
 import type { LiveVolume } from './volume.js'
 import { ChangeSet } from './changes.js'
@@ -48,6 +48,12 @@ export class Writeback {
 
   /** Pages one commit carries at most. */
   private readonly commitPages: number
+
+  /**
+   * Set when a commit failed for want of room on the store's disk, cleared when one carrying
+   * pages succeeds. Meanwhile a removal is committed at once (`freed`).
+   */
+  private shortOfRoom = false
 
   constructor (volume: LiveVolume, dirtyAgeMs: number) {
     this.volume = volume
@@ -92,6 +98,25 @@ export class Writeback {
     const mark = this.volume.cache.dirtyMark()
     await this.commitOnce()
     while (this.volume.cache.dirtyBefore(mark)) await this.commitOnce()
+  }
+
+  /**
+   * Called when an inode is deleted (its last link and handle gone). On a full disk the change set
+   * is committed right after the operation under way, without pages: LMDB reuses the pages a
+   * transaction frees only in later ones, so a removal committed together with the writes after
+   * it would leave them no room.
+   */
+  freed (): void {
+    if (this.shortOfRoom) queueMicrotask(() => { this.commitChanges().catch(() => {}) })
+  }
+
+  /** Commits the change set and no pages, after the commit under way; then lets later commits use what it freed. */
+  private async commitChanges (): Promise<void> {
+    while (this.running !== null) await this.running.catch(() => {})
+    if (this.volume.changes.empty) return
+    this.running = this.run(0).finally(() => { this.running = null })
+    await this.running
+    this.volume.store.advance()
   }
 
   /** Resolves once one commit that started after this call is visible (writers under pressure). */
@@ -183,6 +208,7 @@ export class Writeback {
       }
       // A step may refuse (a taken snapshot name): its error goes to the caller as it is.
       const error = err instanceof UserError ? err : volume.store.commitFailure(err)
+      if (error instanceof FsError && error.code === 'ENOSPC') this.shortOfRoom = true
       this.failed(seq, taken, error)
       throw error
     }
@@ -190,6 +216,7 @@ export class Writeback {
     if (taken === null) return
     const { changes, pages } = taken as { changes: ChangeSet, pages: Page[] }
     volume.cache.unpin(pages, seq)
+    if (pages.length > 0) this.shortOfRoom = false
     volume.sharesCommitted(changes.shares)
     if (pages.length > 0) volume.mapTouched = true
     if (pages.length >= RELEASE_MAP_PAGES) volume.store.releaseMap()

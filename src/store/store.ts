@@ -274,6 +274,15 @@ export class Store {
     return new FsError('EIO', `commit to ${this.dir} failed: ${message}`)
   }
 
+  /**
+   * Commits a transaction that changes nothing but the time in meta. LMDB lets a transaction reuse
+   * the pages an earlier one freed only once a later one is committed: after a delete on a full
+   * disk, this makes the room it freed usable by the next commit.
+   */
+  advance (): void {
+    this.root.transactionSync(() => { this.meta.putSync('flushed', Date.now()) })
+  }
+
   /** Set when a transaction committed on lmdb-js's writer thread may not be flushed yet. */
   unflushed = false
 
@@ -281,7 +290,7 @@ export class Store {
   flushed (): void {
     if (!this.unflushed) return
     this.unflushed = false
-    this.root.transactionSync(() => { this.meta.putSync('flushed', Date.now()) })
+    this.advance()
   }
 
   async close (): Promise<void> {
