@@ -259,14 +259,7 @@ export class LiveVolume {
     this.removeEntry(oldParent, oldName, now)
     this.addEntry(newParent, newName, inode, now)
     inode.parent = newParent
-    if (movingDir && oldParent !== newParent) {
-      const from = this.inode(oldParent)
-      const to = this.inode(newParent)
-      from.nlink--
-      to.nlink++
-      this.dirtyInode(from, now)
-      this.dirtyInode(to, now)
-    }
+    if (movingDir && oldParent !== newParent) this.moveSubdirLink(oldParent, newParent, now)
     setTime(inode, 'ctime', now)
     this.dirtyInode(inode, now)
   }
@@ -288,13 +281,8 @@ export class LiveVolume {
     a.parent = parentB
     b.parent = parentA
     if (parentA !== parentB && isDir(a.mode) !== isDir(b.mode)) {
-      const [from, to] = isDir(a.mode) ? [parentA, parentB] : [parentB, parentA]
-      const fromDir = this.inode(from)
-      const toDir = this.inode(to)
-      fromDir.nlink--
-      toDir.nlink++
-      this.dirtyInode(fromDir, now)
-      this.dirtyInode(toDir, now)
+      if (isDir(a.mode)) this.moveSubdirLink(parentA, parentB, now)
+      else this.moveSubdirLink(parentB, parentA, now)
     }
     for (const inode of [a, b]) {
       setTime(inode, 'ctime', now)
@@ -629,6 +617,16 @@ export class LiveVolume {
     dir.nlink = 0
     this.dirs.delete(dir.ino)
     this.release(dir, now)
+  }
+
+  /** A subdirectory moved from directory `from` to `to`: its `..` link moves with it. */
+  private moveSubdirLink (from: number, to: number, now: number): void {
+    const fromDir = this.inode(from)
+    const toDir = this.inode(to)
+    fromDir.nlink--
+    toDir.nlink++
+    this.dirtyInode(fromDir, now)
+    this.dirtyInode(toDir, now)
   }
 
   private dropLink (inode: Inode, now: number): void {

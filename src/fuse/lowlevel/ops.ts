@@ -52,9 +52,13 @@ const SNAPSHOT_INOS = 2 ** 48
 const SNAPSHOT_INO_SPAN = 2 ** 32
 
 function stIno (view: ReadView, ino: number): number {
-  if (view instanceof SnapshotView) return SNAPSHOT_INOS + view.record.id * SNAPSHOT_INO_SPAN + ino
+  if (view instanceof SnapshotView) return snapshotStIno(view.record.id, ino)
   if (view instanceof SnapshotListing) return SNAPSHOT_INOS
   return ino
+}
+
+function snapshotStIno (snapshotId: number, ino: number): number {
+  return SNAPSHOT_INOS + snapshotId * SNAPSHOT_INO_SPAN + ino
 }
 
 /** An open file or directory: where it lives and the rollback epoch it was opened in. */
@@ -266,7 +270,7 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
     opendir: (req, node) => run('opendir', req, () => {
       const place = at(node)
       const entries = place.view === listing
-        ? snapshots.ready().map(({ name, id }) => ({ name, ino: SNAPSHOT_INOS + id * SNAPSHOT_INO_SPAN + ROOT_INO, type: S_IFDIR }))
+        ? snapshots.ready().map(({ name, id }) => ({ name, ino: snapshotStIno(id, ROOT_INO), type: S_IFDIR }))
         : place.view.readdir(place.ino).map(entry => ({ ...entry, ino: stIno(place.view, entry.ino) }))
       if (place.writable && place.ino === ROOT_INO && options.snapdirVisible) entries.push({ name: SNAPSHOT_DIR, ino: SNAPSHOT_INOS, type: S_IFDIR })
       replyOpen(req, addHandle({ ...place, epoch: volume.epoch, listing: entries }))
