@@ -2,7 +2,9 @@
  * The page cache is bounded: while 4 GiB are written through a mount with `--cache-size 64M`, the
  * daemon's resident memory stays within the cache size plus a fixed baseline, and the bytes read
  * back are the bytes written. Data larger than the cache, written and closed, reads back whole
- * both before and after a remount (evicted pages were written back, not lost).
+ * both before and after a remount (evicted pages were written back, not lost). A read handed out
+ * as slices of pages (the native transport's replies) keeps those pages while it runs, even when
+ * it asks for more pages than the cache holds.
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
@@ -10,6 +12,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { open, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { PageCache } from '../dist/src/cache/pagecache.js'
 import { mountFresh, type Mounted, sha } from './helpers/mount.js'
 
 t.setTimeout(15 * 60_000)
@@ -139,4 +142,27 @@ t.test('a closed file five times the cache size reads back whole, also after a r
   t.equal(await m.umount(), 0, 'the daemon exits with code 0')
   const again = await m.remount()
   t.equal(await hashFile(join(again.mnt, 'big')), expected, 'all 300 MiB read back after remount')
+})
+
+t.test('a read of more pages than the cache holds hands out every page\'s own bytes', async t => {
+  const pageSize = 4096
+  // The smallest cache there is: 16 pages. Page i of the file is filled with byte i; page 5 is a hole.
+  const cache = new PageCache(pageSize, 16 * pageSize, {
+    read: (_ino, index, into) => {
+      if (index === 5) return false
+      into.fill(index)
+      return true
+    },
+    prefetch: () => {}
+  })
+  const pages = 24
+  const offset = 100
+  const length = pages * pageSize - 2 * offset
+  let seen: Buffer | undefined
+  const count = cache.readSlices(7, pages * pageSize, offset, length, slices => { seen = Buffer.concat(slices) })
+  t.equal(count, length, 'the whole range is read')
+  const expected = Buffer.alloc(pages * pageSize)
+  for (let i = 0; i < pages; i++) if (i !== 5) expected.fill(i, i * pageSize, (i + 1) * pageSize)
+  t.ok(seen?.equals(expected.subarray(offset, offset + length)), 'each slice holds its own page (a hole reads as zeros)')
+  t.equal(cache.readSlices(7, pages * pageSize, pages * pageSize, 10, () => t.fail('nothing to send')), 0, 'nothing past the end')
 })

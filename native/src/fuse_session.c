@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <fuse_lowlevel.h>
@@ -71,6 +72,8 @@
 /* Longest name or symlink target accepted from JS, in bytes. */
 #define NAME_LIMIT 1024
 #define TARGET_LIMIT 4096
+/* Chunks one replyBufs may carry: a 1 MiB read in 4 KiB pages, unaligned, is 257. */
+#define REPLY_CHUNKS_MAX 512
 
 /* The flags of replyOpen and replyCreate (mirrored in src/fuse/lowlevel/session.ts). */
 #define OPEN_DIRECT_IO 1
@@ -1607,6 +1610,21 @@ static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   return replied(env, addon, index, fuse_reply_write(slot->req, (size_t)count));
 }
 
+/* Whether `length` bytes may answer the data request in `slot`; throws if not. */
+static bool data_fits(napi_env env, const struct slot *slot, size_t length) {
+  bool xattr = slot->op == OP_GETXATTR || slot->op == OP_LISTXATTR;
+  if (xattr && slot->size == 0) {
+    THROW_TYPE_ERROR(env, "a %s request of size 0 asks for the size: answer with replyXattr", ops[slot->op].name);
+    return false;
+  }
+  if (length > slot->size) {
+    THROW_RANGE_ERROR(env, "%zu bytes answer a %s request of %u bytes%s", length, ops[slot->op].name, slot->size,
+                      xattr ? " (answer ERANGE)" : "");
+    return false;
+  }
+  return true;
+}
+
 /* replyBuf(req, data): read data, or an xattr value or name list; at most the size asked for. */
 static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2, REPLY_BUF);
@@ -1616,17 +1634,40 @@ static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
     THROW_TYPE_ERROR(env, "data must be a Buffer or Uint8Array");
     return NULL;
   }
-  bool xattr = slot->op == OP_GETXATTR || slot->op == OP_LISTXATTR;
-  if (xattr && slot->size == 0) {
-    THROW_TYPE_ERROR(env, "a %s request of size 0 asks for the size: answer with replyXattr", ops[slot->op].name);
-    return NULL;
-  }
-  if (length > slot->size) {
-    THROW_RANGE_ERROR(env, "%zu bytes answer a %s request of %u bytes%s", length, ops[slot->op].name, slot->size,
-                      xattr ? " (answer ERANGE)" : "");
-    return NULL;
-  }
+  if (!data_fits(env, slot, length)) return NULL;
   return replied(env, addon, index, fuse_reply_buf(slot->req, data, length));
+}
+
+/*
+ * replyBufs(req, chunks): like replyBuf, with the data given as an array of Buffers or
+ * Uint8Arrays that go to the kernel one after the other in one write, uncopied.
+ */
+static napi_value js_reply_bufs(napi_env env, napi_callback_info info) {
+  REPLY_PROLOGUE(2, REPLY_BUF);
+  bool is_array = false;
+  uint32_t count = 0;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[1], &count) != napi_ok) {
+    THROW_TYPE_ERROR(env, "chunks must be an array of Buffers or Uint8Arrays");
+    return NULL;
+  }
+  if (count > REPLY_CHUNKS_MAX) {
+    THROW_RANGE_ERROR(env, "%u chunks answer a %s request, at most %d may", count, ops[slot->op].name, REPLY_CHUNKS_MAX);
+    return NULL;
+  }
+  struct iovec iov[REPLY_CHUNKS_MAX];
+  size_t length = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value item;
+    if (napi_get_element(env, argv[1], i, &item) != napi_ok ||
+        napi_get_buffer_info(env, item, &iov[i].iov_base, &iov[i].iov_len) != napi_ok) {
+      THROW_TYPE_ERROR(env, "chunk %u must be a Buffer or Uint8Array", i);
+      return NULL;
+    }
+    length += iov[i].iov_len;
+  }
+  if (!data_fits(env, slot, length)) return NULL;
+  return replied(env, addon, index, fuse_reply_iov(slot->req, iov, (int)count));
 }
 
 /* replyXattr(req, size): the size of the value or name list, for a request of size 0. */
@@ -1778,6 +1819,7 @@ napi_status fuse_session_register(napi_env env, napi_value exports) {
     {"replyOpen", js_reply_open},
     {"replyWrite", js_reply_write},
     {"replyBuf", js_reply_buf},
+    {"replyBufs", js_reply_bufs},
     {"replyXattr", js_reply_xattr},
     {"replyReaddir", js_reply_readdir},
     {"replyStatfs", js_reply_statfs},

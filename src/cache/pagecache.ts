@@ -34,6 +34,8 @@ export class Page {
   dirtySeq = 0
   /** Sequence number of the commit carrying this page's data, until that commit is visible. */
   pinned = 0
+  /** A read holds slices of this page's data (see `readSlices`): it is not evicted meanwhile. */
+  lent = false
   prev: Page | null = null
   next: Page | null = null
 
@@ -73,10 +75,13 @@ export class PageCache {
   private resident = 0
   private readonly streams = new Map<number, Stream>()
   private readonly spare: Buffer[] = []
+  /** One page of zeros: what a hole reads as. */
+  private readonly zeros: Buffer
 
   constructor (pageSize: number, maxBytes: number, source: PageSource) {
     this.pageSize = pageSize
     this.maxPages = Math.max(16, Math.floor(maxBytes / pageSize))
+    this.zeros = Buffer.alloc(pageSize)
     this.source = source
   }
 
@@ -216,22 +221,35 @@ export class PageCache {
   }
 
   /**
-   * Copies bytes [offset, offset + length) of a file of `size` bytes into `into`, page by page,
-   * holes as zeros; returns the count (0 at or past the end).
+   * Hands `send` bytes [offset, offset + length) of a file of `size` bytes as slices, in order:
+   * of the pages that hold them, and of zeros for holes; returns the count (0 at or past the end,
+   * and `send` is not called then). The slices are valid only while `send` runs: their pages
+   * cannot be evicted meanwhile, and nothing else can change them (`send` must not write).
    */
-  readInto (ino: number, size: number, offset: number, length: number, into: Buffer): number {
+  readSlices (ino: number, size: number, offset: number, length: number, send: (slices: Buffer[]) => void): number {
     if (offset >= size) return 0
     const end = Math.min(size, offset + length)
     const bs = this.pageSize
-    let pos = offset
-    while (pos < end) {
-      const index = Math.floor(pos / bs)
-      const within = pos - index * bs
-      const count = Math.min(bs - within, end - pos)
-      const page = this.read(ino, index)
-      if (page === undefined) into.fill(0, pos - offset, pos - offset + count)
-      else page.data.copy(into, pos - offset, within, within + count)
-      pos += count
+    const slices: Buffer[] = []
+    const lent: Page[] = []
+    try {
+      for (let pos = offset; pos < end;) {
+        const index = Math.floor(pos / bs)
+        const within = pos - index * bs
+        const count = Math.min(bs - within, end - pos)
+        const page = this.read(ino, index)
+        if (page === undefined) {
+          slices.push(this.zeros.subarray(0, count))
+        } else {
+          page.lent = true
+          lent.push(page)
+          slices.push(page.data.subarray(within, within + count))
+        }
+        pos += count
+      }
+      send(slices)
+    } finally {
+      for (const page of lent) page.lent = false
     }
     return end - offset
   }
@@ -248,7 +266,7 @@ export class PageCache {
     let dropped = 0
     while (page !== null && dropped < count) {
       const next = page.next
-      if (!page.dirty && page.pinned === 0) {
+      if (!page.dirty && page.pinned === 0 && !page.lent) {
         this.remove(page)
         dropped++
       }
@@ -331,4 +349,10 @@ export class PageCache {
     page.prev = null
     page.next = null
   }
+}
+
+/** Copies `slices` (as `readSlices` hands them) one after the other into `into`. */
+export function copySlices (slices: Buffer[], into: Buffer): void {
+  let at = 0
+  for (const slice of slices) at += slice.copy(into, at)
 }

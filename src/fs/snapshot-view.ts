@@ -9,7 +9,7 @@ import { fail } from '../errors.js'
 import { SnapshotReader } from '../store/snapshot-reader.js'
 import type { DirentRecord, SnapshotRecord } from '../store/records.js'
 import type { Store } from '../store/store.js'
-import { PageCache } from '../cache/pagecache.js'
+import { copySlices, PageCache } from '../cache/pagecache.js'
 import { attrOf, isDir, isLink, type Attr, type InodeFields } from './inode.js'
 import type { DirEntry, ReadView } from './view.js'
 
@@ -101,9 +101,13 @@ export class SnapshotView implements ReadView {
   close (_ino: number): void {}
 
   read (ino: number, offset: number, length: number, into: Buffer): number {
+    return this.readSlices(ino, offset, length, slices => copySlices(slices, into))
+  }
+
+  readSlices (ino: number, offset: number, length: number, send: (slices: Buffer[]) => void): number {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) fail('EISDIR', `inode ${ino}`)
-    return this.cache.readInto(ino, inode.size, offset, length, into)
+    return this.cache.readSlices(ino, inode.size, offset, length, send)
   }
 
   private entries (ino: number): Map<string, DirentRecord> {

@@ -19,4 +19,9 @@ export interface ReadView {
   close: (ino: number) => void
   /** Reads up to `length` bytes at `offset` into `into`; returns the count. */
   read: (ino: number, offset: number, length: number, into: Buffer) => number
+  /**
+   * Like read, without a copy: hands `send` the bytes as slices of cached pages, valid only
+   * while `send` runs (it is not called when there is nothing to read).
+   */
+  readSlices: (ino: number, offset: number, length: number, send: (slices: Buffer[]) => void) => number
 }

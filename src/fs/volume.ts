@@ -21,7 +21,7 @@ import { NAME_MAX, bmapKey, decodeBmap, decodeInodeKey, inodeKey, nameOfKey, pre
 import { ROOT_INO, type DirentRecord, type InodeRecord, type TimeNanos, type VolumeRecord, type XattrRecord } from '../store/records.js'
 import { INODE_RESERVE, type Store } from '../store/store.js'
 import { RollbackOverlay } from '../store/rollback.js'
-import { PageCache } from '../cache/pagecache.js'
+import { copySlices, PageCache } from '../cache/pagecache.js'
 import { ChangeSet, type Share } from './changes.js'
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, attrOf, isDir, isLink, isReg, setTime, type Attr, type Inode, type InodeFields } from './inode.js'
 import { Writeback } from './writeback.js'
@@ -401,9 +401,13 @@ export class LiveVolume {
 
   /** Reads up to `length` bytes at `offset` into `into`; returns the count (0 at or past EOF). */
   read (ino: number, offset: number, length: number, into: Buffer): number {
+    return this.readSlices(ino, offset, length, slices => copySlices(slices, into))
+  }
+
+  readSlices (ino: number, offset: number, length: number, send: (slices: Buffer[]) => void): number {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) fail('EISDIR', `inode ${ino}`)
-    const count = this.cache.readInto(ino, inode.size, offset, length, into)
+    const count = this.cache.readSlices(ino, inode.size, offset, length, send)
     if (count === 0) return 0
     const now = Date.now()
     if (inode.atime <= inode.mtime || inode.atime <= inode.ctime || now - inode.atime > RELATIME_MS) {

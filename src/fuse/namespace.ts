@@ -118,6 +118,7 @@ export class SnapshotListing implements ReadView {
   open (): void {}
   close (): void {}
   read (): number { return fail('EISDIR', SNAPSHOT_DIR) }
+  readSlices (): number { return fail('EISDIR', SNAPSHOT_DIR) }
 }
 
 /** The inode number a snapshot's root shows: its id, counted down from `.snapshots`. */

@@ -23,7 +23,7 @@ import { SNAPSHOT_DIR_INO, SnapshotListing } from '../namespace.js'
 import { NodeTable, SNAPSHOT_DIR_NODE, VIRTUAL_BASE } from './nodes.js'
 import {
   OpenFlags, RenameFlags, SetAttr, type Attr, type AttrChanges, type Entry, type Operations, type Request, type Session,
-  replyAttr, replyBuf, replyCreate, replyEntry, replyErr, replyOk, replyOpen, replyReaddir, replyReadlink, replyStatfs,
+  replyAttr, replyBuf, replyBufs, replyCreate, replyEntry, replyErr, replyOk, replyOpen, replyReaddir, replyReadlink, replyStatfs,
   replyWrite, replyXattr, requestContext
 } from './session.js'
 
@@ -241,9 +241,8 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
     }),
     read: (req, _node, size, offset, fh) => run('read', req, () => {
       const handle = handleOf(fh)
-      const into = Buffer.allocUnsafe(size)
-      const count = handle.view.read(handle.ino, offset, size, into)
-      replyBuf(req, into.subarray(0, count))
+      const count = handle.view.readSlices(handle.ino, offset, size, slices => replyBufs(req, slices))
+      if (count === 0) replyBufs(req, [])
     }),
     write: (req, _node, data, offset, fh) => runAsync('write', req, async () => {
       const handle = handleOf(fh)

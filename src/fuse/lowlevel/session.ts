@@ -235,6 +235,7 @@ interface Binding {
   replyOpen: (req: Request, fh: number, flags: number) => boolean
   replyWrite: (req: Request, count: number) => boolean
   replyBuf: (req: Request, data: Uint8Array) => boolean
+  replyBufs: (req: Request, chunks: Uint8Array[]) => boolean
   replyXattr: (req: Request, size: number) => boolean
   replyReaddir: (req: Request, entries: DirEntry[]) => number
   replyStatfs: (req: Request, statfs: Statfs) => boolean
@@ -275,6 +276,8 @@ export function replyOpen (req: Request, fh: number, flags = 0): boolean { retur
 export function replyWrite (req: Request, count: number): boolean { return binding().replyWrite(req, count) }
 /** read, getxattr, listxattr: at most the size asked for; the addon copies nothing. */
 export function replyBuf (req: Request, data: Uint8Array): boolean { return binding().replyBuf(req, data) }
+/** read: the data as chunks written to the kernel one after the other, without copying them first. */
+export function replyBufs (req: Request, chunks: Uint8Array[]): boolean { return binding().replyBufs(req, chunks) }
 /** getxattr, listxattr of size 0: the size of the value or of the name list. */
 export function replyXattr (req: Request, size: number): boolean { return binding().replyXattr(req, size) }
 /** readdir, readdirplus: packs entries until the size asked for is full; returns how many the kernel took. */
