@@ -396,7 +396,7 @@ t.test('a snapshot with a clone cannot be deleted until the clone is promoted; d
   await checkStore(t, m.store, 'at the end')
 })
 
-const FILES = 20_000
+const FILES = 6_000
 const DIRS = 100
 
 /** The bytes of small file `i` of the many-files tree: unique, from 8 bytes to a few hundred. */

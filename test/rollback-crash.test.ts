@@ -95,7 +95,12 @@ for (const moment of MOMENTS) {
     const live = withoutAtime(await capture(again.mnt))
     const state = isDeepStrictEqual(live, before) ? 'the state before' : isDeepStrictEqual(live, snapshot) ? 's0' : 'neither'
     t.comment(`after remount the volume is ${state}`)
-    if (state === 'neither') t.same(live, snapshot, 'the volume is wholly the state before or wholly s0 (the difference shown: against s0)')
+    if (state === 'neither') {
+      const differing = Object.keys({ ...before, ...live }).filter(path => !isDeepStrictEqual(live[path], before[path]))
+      t.comment(`against the state before, ${differing.length} paths differ: ` +
+        differing.slice(0, 10).map(path => `${path}: ${JSON.stringify(before[path])} -> ${JSON.stringify(live[path])}`).join('; '))
+      t.same(live, snapshot, 'the volume is wholly the state before or wholly s0 (the difference shown: against s0)')
+    }
     else t.pass(`the volume is wholly ${state}`)
     if (answered.code === 0 || applying) t.equal(state, 's0', 'a rollback that was setting records back, or had returned, is carried through')
     t.same(withoutAtime(await capture(snapshotOf(again, 's0'))), snapshot, 's0 reads as before')

@@ -22,6 +22,12 @@ const LOAD_MS = 5_000
 const MIN_SNAPSHOTS = 20
 const MAX_SNAPSHOTS = 40
 const CREATE_EVERY_MS = 100
+/**
+ * The never-fsyncing writer's pause after every 16 records: writes still arrive throughout every
+ * create, but the file stays near 100 MB (unpaced it reached 400 MB, and reading it back from
+ * 20 snapshots took a minute of the suite).
+ */
+const UNSYNCED_PAUSE_MS = 4
 /** No timer commits dirty data during the test: only the writer's fsync or a create can. */
 const HOLD_DIRTY = ['--dirty-age', '60s']
 
@@ -41,10 +47,12 @@ const record = new Function('Buffer', `${RECORD_JS}\nreturn record`)(Buffer) as 
 /**
  * The writer: appends record after record to argv[2] with one write() each, fsyncs after every
  * argv[3] records (0: never), and prints the number of records written after each write (and
- * fsync) returned. It stops when its stdin ends, closes the file and prints `done N`.
+ * fsync) returned. It stops when its stdin ends, closes the file and prints `done N`. Without
+ * fsync it pauses after every 16 records (see UNSYNCED_PAUSE_MS).
  */
 const WRITER_JS = `import fs from 'node:fs'
 ${RECORD_JS}
+const UNSYNCED_PAUSE_MS = ${UNSYNCED_PAUSE_MS}
 const file = process.argv[2]
 const fsyncEvery = Number(process.argv[3])
 let stop = false
@@ -61,7 +69,7 @@ while (!stop) {
     if (fsyncEvery > 0 && n % fsyncEvery === 0) fs.fsyncSync(fd)
     process.stdout.write(n + '\\n')
   }
-  await new Promise(resolve => setImmediate(resolve))
+  await new Promise(resolve => fsyncEvery > 0 ? setImmediate(resolve) : setTimeout(resolve, UNSYNCED_PAUSE_MS))
 }
 fs.closeSync(fd)
 process.stdout.write('done ' + n + '\\n')
