@@ -7,8 +7,10 @@
  * Invariants:
  * - A dirty page, or one whose data is in a commit not yet visible in the store (`pinned`), is
  *   never evicted: it is the only up-to-date copy readers can find.
- * - Resident pages never exceed `maxPages` except while every page is dirty or pinned; writers
- *   then wait for a commit (`isFull`), which is how the memory bound holds under a write flood.
+ * - A page lent to a read (`lent`, see `readSlices`) is not evicted until the read has sent it.
+ * - Resident pages never exceed `maxPages` except while every page is dirty, pinned or lent (a
+ *   read lends at most the pages of one request); writers then wait for a commit (`isFull`),
+ *   which is how the memory bound holds under a write flood.
  * - Bytes past a file's size inside its last page are zero (truncate keeps them so).
  */
 import createDebug from 'debug'
