@@ -2,7 +2,7 @@
  * The native transport (src/fuse/lowlevel/) serving real snapfs mounts, proven by what a program
  * on the mount sees:
  * - small writes reach the daemon through the writeback cache, gathered in 1 MiB requests, and
- *   read back byte-identical, also after a remount;
+ *   read back byte-identical, also after a remount, where a cold read comes in 1 MiB requests;
  * - new files, directories, symlinks and fifos belong to the caller, with a set-group-ID
  *   directory's group (and its S_ISGID on new subdirectories);
  * - times keep their nanoseconds, across a remount and in a snapshot;
@@ -102,7 +102,7 @@ function nativeCases (): void {
   let shared: Mounted
   t.before(async () => { shared = await mountFresh(t) })
 
-  t.test('small writes reach the daemon through the writeback cache in 1 MiB requests and read back byte-identical', { timeout: 30_000 }, async t => {
+  t.test('small writes reach the daemon through the writeback cache in 1 MiB requests and read back byte-identical, read in 1 MiB requests', { timeout: 30_000 }, async t => {
     const m = await mountFresh(t)
     const file = join(m.mnt, 'random')
     const bytes = randomBytes(16 * MiB)
@@ -122,6 +122,9 @@ function nativeCases (): void {
     t.equal(await m.umount(), 0, 'the daemon exits with code 0 on umount')
     const again = await m.remount()
     t.equal(sha(await readFile(join(again.mnt, 'random'))), sha(bytes), 'after a remount, read from the store: identical')
+    // The daemon raised the mount's read-ahead to the write size: a sequential read of a file
+    // not in the kernel's cache arrives in 1 MiB requests (128 KiB at the kernel's default).
+    t.equal((await ctlJson<MountStatus>(t, again, ['status'])).largestRead, MAX_WRITE, 'and the kernel read it in 1 MiB requests')
   })
 
   t.test('new inodes belong to the caller, with a set-group-ID directory\'s group', { timeout: 20_000 }, async t => {

@@ -139,6 +139,7 @@ program.command('status')
       ['transport', status.transport], ['page cache', `${formatBytes(status.residentBytes)} of ${formatBytes(status.cacheBytes)}, ${formatBytes(status.dirtyBytes)} dirty`]
     ]
     if (status.largestWrite !== undefined) lines.push(['largest write', formatBytes(status.largestWrite)])
+    if (status.largestRead !== undefined) lines.push(['largest read', formatBytes(status.largestRead)])
     if (status.kernelNodes !== undefined) lines.push(['kernel inodes', String(status.kernelNodes)])
     print(opts.json, status, () => lines.map(([key, value]) => `${key}: ${value}\n`).join(''))
   }))

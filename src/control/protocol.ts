@@ -25,5 +25,6 @@ export interface MountStatus {
   /** How the mount reaches the kernel, and (native) what the kernel sends and holds. */
   transport: 'native' | 'fuse-native'
   largestWrite?: number
+  largestRead?: number
   kernelNodes?: number
 }

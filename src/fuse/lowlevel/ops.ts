@@ -68,6 +68,8 @@ interface Handle extends At { epoch: number, listing?: DirEntry[] }
 export interface TransportStats {
   /** The largest write request received, in bytes. */
   largestWrite: number
+  /** The largest read request received, in bytes. */
+  largestRead: number
   /** Nodes the kernel holds lookups of (forgotten ones are dropped). */
   kernelNodes: number
 }
@@ -76,7 +78,10 @@ export interface TransportStats {
  * Builds the operations for a mounted volume, and registers what invalidates the kernel's caches;
  * `stats` is kept up to date.
  */
-export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { snapdirVisible: boolean }, session: () => Session | undefined, stats: TransportStats): Operations {
+/** How the native adapter shows the volume; `initialized` runs once the kernel has taken init's answer. */
+export interface NativeOptions { snapdirVisible: boolean, initialized?: () => void }
+
+export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: NativeOptions, session: () => Session | undefined, stats: TransportStats): Operations {
   const nodes = new NodeTable()
   const handles = new Map<number, Handle>()
   let nextHandle = 1
@@ -160,7 +165,11 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
   let kernelTimes = false
 
   return {
-    init: info => { kernelTimes = info.writebackCache },
+    init: info => {
+      kernelTimes = info.writebackCache
+      // libfuse answers init when this returns; the kernel applies the answer as it reads it.
+      if (options.initialized !== undefined) setImmediate(options.initialized)
+    },
     forget: (node, count) => {
       nodes.forget(node, count)
       stats.kernelNodes = nodes.size
@@ -241,6 +250,7 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: { 
     }),
     read: (req, _node, size, offset, fh) => run('read', req, () => {
       const handle = handleOf(fh)
+      stats.largestRead = Math.max(stats.largestRead, size)
       const count = handle.view.readSlices(handle.ino, offset, size, slices => replyBufs(req, slices))
       if (count === 0) replyBufs(req, [])
     }),
