@@ -224,13 +224,12 @@ export class PageCache {
 
   /**
    * Hands `send` bytes [offset, offset + length) of a file of `size` bytes as slices, in order:
-   * of the pages that hold them, and of zeros for holes; returns the count (0 at or past the end,
-   * and `send` is not called then). The slices are valid only while `send` runs: their pages
-   * cannot be evicted meanwhile, and nothing else can change them (`send` must not write).
+   * of the pages that hold them, and of zeros for holes (none at or past the end); returns the
+   * count. The slices are valid only while `send` runs: their pages cannot be evicted meanwhile,
+   * and nothing else can change them (`send` must not write).
    */
   readSlices (ino: number, size: number, offset: number, length: number, send: (slices: Buffer[]) => void): number {
-    if (offset >= size) return 0
-    const end = Math.min(size, offset + length)
+    const end = Math.max(offset, Math.min(size, offset + length))
     const bs = this.pageSize
     const slices: Buffer[] = []
     const lent: Page[] = []

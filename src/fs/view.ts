@@ -21,7 +21,7 @@ export interface ReadView {
   read: (ino: number, offset: number, length: number, into: Buffer) => number
   /**
    * Like read, without a copy: hands `send` the bytes as slices of cached pages, valid only
-   * while `send` runs (it is not called when there is nothing to read).
+   * while `send` runs (no slice at or past the end of the file).
    */
   readSlices: (ino: number, offset: number, length: number, send: (slices: Buffer[]) => void) => number
 }

@@ -404,6 +404,7 @@ export class LiveVolume {
     return this.readSlices(ino, offset, length, slices => copySlices(slices, into))
   }
 
+  /** Like read, handing `send` slices of the cached pages instead (see ReadView.readSlices). */
   readSlices (ino: number, offset: number, length: number, send: (slices: Buffer[]) => void): number {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) fail('EISDIR', `inode ${ino}`)

@@ -74,13 +74,13 @@ export interface TransportStats {
   kernelNodes: number
 }
 
+/** How the native adapter shows the volume; `initialized` runs once the kernel has taken init's answer. */
+export interface NativeOptions { snapdirVisible: boolean, initialized?: () => void }
+
 /**
  * Builds the operations for a mounted volume, and registers what invalidates the kernel's caches;
  * `stats` is kept up to date.
  */
-/** How the native adapter shows the volume; `initialized` runs once the kernel has taken init's answer. */
-export interface NativeOptions { snapdirVisible: boolean, initialized?: () => void }
-
 export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: NativeOptions, session: () => Session | undefined, stats: TransportStats): Operations {
   const nodes = new NodeTable()
   const handles = new Map<number, Handle>()
@@ -251,8 +251,7 @@ export function nativeOps (volume: LiveVolume, snapshots: Snapshots, options: Na
     read: (req, _node, size, offset, fh) => run('read', req, () => {
       const handle = handleOf(fh)
       stats.largestRead = Math.max(stats.largestRead, size)
-      const count = handle.view.readSlices(handle.ino, offset, size, slices => replyBufs(req, slices))
-      if (count === 0) replyBufs(req, [])
+      handle.view.readSlices(handle.ino, offset, size, slices => replyBufs(req, slices))
     }),
     write: (req, _node, data, offset, fh) => runAsync('write', req, async () => {
       const handle = handleOf(fh)
