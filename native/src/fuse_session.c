@@ -14,8 +14,11 @@
  * reading for up to `spinMicros` in case the next request is about to come (waking a sleeping
  * thread costs more than that here). libfuse calls the op callbacks synchronously inside
  * fuse_session_process_buf; each calls its JS handler at once, in a handle scope of its own,
- * inside one callback scope per wake-up, so promise jobs and nextTick callbacks run when the
- * batch ends.
+ * inside one callback scope per batch, so promise jobs and nextTick callbacks run when the
+ * batch ends. A handler that answers from a promise job is therefore answered only then: a
+ * batch that leaves such a request pending does not spin (its caller cannot send anything
+ * before the answer), and when promise jobs answered requests, another batch follows in the same
+ * wake-up and spins for the next request those callers send.
  *
  * Who answers. JS answers every request exactly once through a reply function, at once or
  * later. A token is a slot index plus the slot's generation; answering frees the slot and bumps
@@ -202,6 +205,10 @@ struct session {
   unsigned notifications;
   /* Inside fuse_session_process_buf: closing must wait until it returns. */
   bool dispatching;
+  /* This batch left a request for JS to answer later (from a promise job). */
+  bool left_pending;
+  /* Requests answered outside a batch since the count was last cleared. */
+  unsigned late_answers;
   bool close_requested;
   /* The kernel ended the session (unmounted, or the connection was aborted). */
   bool gone;
@@ -582,7 +589,9 @@ static bool start(struct session *s, fuse_req_t req, enum op op, size_t size, na
 static void dispatch(struct session *s, enum op op, uint64_t token, size_t argc, napi_value *argv) {
   call_handler(s, op, argc, argv, token, true);
   uint32_t index = live_slot(s->addon, token);
-  if (index != NO_SLOT && s->handlers[OP_INTERRUPT] != NULL) {
+  if (index == NO_SLOT) return;
+  s->left_pending = true;
+  if (s->handlers[OP_INTERRUPT] != NULL) {
     fuse_req_interrupt_func(s->addon->slots[index].req, on_interrupt, (void *)(uintptr_t)token);
   }
 }
@@ -1110,16 +1119,20 @@ static void session_gone(struct session *s, int error) {
   }
 }
 
-/* Receives and processes requests until none is waiting or this wake-up's budget is spent. */
-static void drain(struct session *s) {
-  uint64_t start = now_ns();
+/*
+ * Receives and processes requests until none is waiting or the wake-up's budget (from `start`)
+ * is spent. When none is waiting it spins for the next one if this batch handled a request (or
+ * `spin` asks it to) and left none for promise jobs to answer.
+ */
+static void drain(struct session *s, uint64_t start, bool spin) {
   uint64_t spin_until = 0;
   unsigned handled = 0;
+  s->left_pending = false;
   while (!s->closed && !s->gone) {
     int res = fuse_session_receive_buf(s->se, &s->buf);
     if (res == -EINTR) continue;
     if (res == -EAGAIN) {
-      if (s->spin_ns == 0 || handled == 0) return;
+      if (s->spin_ns == 0 || (handled == 0 && !spin) || s->left_pending) return;
       uint64_t now = now_ns();
       if (spin_until == 0) spin_until = now + s->spin_ns;
       if (now >= spin_until || now - start >= BATCH_NS) return;
@@ -1144,22 +1157,34 @@ static void drain(struct session *s) {
   }
 }
 
-/* The device is readable (or failed): drain it inside one callback scope. */
+/*
+ * The device is readable (or failed): drain it in batches, each inside a callback scope of its
+ * own so that promise jobs run between them. A batch follows another while the promise jobs of
+ * the one before answered requests, within the wake-up's budget.
+ */
 static void on_readable(uv_poll_t *poll, int status, int events) {
   (void)events;
   struct session *s = poll->data;
   napi_env env = s->env;
-  napi_handle_scope scope;
-  napi_callback_scope callback_scope;
-  napi_value resource;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  if (napi_get_global(env, &resource) == napi_ok &&
-      napi_open_callback_scope(env, resource, s->async_context, &callback_scope) == napi_ok) {
-    if (status < 0) session_gone(s, -status);
-    else drain(s);
-    napi_close_callback_scope(env, callback_scope);
-  }
-  napi_close_handle_scope(env, scope);
+  uint64_t start = now_ns();
+  bool spin = false;
+  do {
+    napi_handle_scope scope;
+    napi_callback_scope callback_scope;
+    napi_value resource;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    bool opened = napi_get_global(env, &resource) == napi_ok &&
+                  napi_open_callback_scope(env, resource, s->async_context, &callback_scope) == napi_ok;
+    if (opened) {
+      if (status < 0) session_gone(s, -status);
+      else drain(s, start, spin);
+      s->late_answers = 0;
+      napi_close_callback_scope(env, callback_scope);
+    }
+    napi_close_handle_scope(env, scope);
+    if (!opened || status < 0) return;
+    spin = s->late_answers > 0;
+  } while (spin && !s->closed && !s->gone && now_ns() - start < BATCH_NS);
 }
 
 /* The session behind a JS session handle; NULL after throwing. */
@@ -1514,6 +1539,8 @@ static napi_value not_taken(napi_env env, unsigned kind) {
 
 /* Frees the request's slot after libfuse answered it; true if the kernel took the answer. */
 static napi_value replied(napi_env env, struct addon *addon, uint32_t index, int result) {
+  struct session *s = addon->slots[index].session;
+  if (s != NULL && !s->dispatching) s->late_answers++;
   slot_free(addon, index);
   return boolean_value(env, result == 0);
 }
