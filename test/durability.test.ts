@@ -3,15 +3,18 @@
  * file stays open) survives a SIGKILL of the daemon; `snapfs umount` and SIGTERM flush, unmount
  * and end the daemon with code 0; a mount left by a killed daemon answers ENOTCONN until a new
  * `snapfs mount` or `snapfs umount --force` clears it; and a background mount returns once the
- * mount answers and stops with `snapfs umount`.
+ * mount answers and stops with `snapfs umount`. In the core: the commit of a close is left for
+ * the next flush (LMDB syncs its pages, not its meta page), and an fsync's own commit is flushed.
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Store } from '../src/store/store.js'
+import { LiveVolume } from '../src/fs/volume.js'
 import { errnoOf, freshStore, FSTYPE, mountFresh, mountsAt, pidsMentioning, run, snapfs, sha } from './helpers/mount.js'
 
 t.setTimeout(10 * 60_000)
@@ -84,6 +87,29 @@ t.test('data fsynced by a writer that never closed survives kill -9 of the daemo
   const back = await readFile(join(again.mnt, 'held-open'))
   t.equal(back.length, 5 * MiB, 'the size after remount')
   t.equal(sha(back), hash, 'the fsynced bytes after remount')
+})
+
+t.test('a close is committed and left for the next flush; an fsync flushes, with no extra transaction for its own commit', async t => {
+  const dir = await mkdtemp('/var/tmp/snapfs-durability-')
+  const store = await Store.init(join(dir, 'store'))
+  t.teardown(async () => {
+    await store.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+  const volume = new LiveVolume(store, store.volume('main'), { cacheBytes: 16 * MiB, dirtyAgeMs: 60_000 })
+  const file = volume.mknod(1, 'f', 0o100644, 0, { uid: 0, gid: 0 })
+  await volume.write(file.ino, 0, Buffer.from('closed'))
+  await volume.flush(file.ino)
+  t.ok(store.unflushed, 'the commit of the close waits for the next flush')
+  await volume.fsync()
+  t.notOk(store.unflushed, 'an fsync flushes it')
+  let extra = 0
+  const advance = store.advance.bind(store)
+  store.advance = () => { extra++; advance() }
+  await volume.write(file.ino, 0, Buffer.from('synced'))
+  await volume.fsync()
+  t.notOk(store.unflushed, 'the fsync left nothing unflushed')
+  t.equal(extra, 0, "the fsync's own commit was flushed as it committed")
 })
 
 t.test('snapfs umount flushes, unmounts and ends the daemon with code 0', async t => {

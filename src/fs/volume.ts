@@ -492,7 +492,7 @@ export class LiveVolume {
 
   /** Everything changed so far is durable on disk when this resolves. */
   async fsync (): Promise<void> {
-    await this.writeback.commit()
+    await this.writeback.commit(true)
     this.store.flushed()
   }
 

@@ -6,7 +6,10 @@
  *
  * Triggers: fsync and flush/close (they wait), the dirty-age timer, the page cache filling up,
  * unmount and snapshot creation. `commit()` resolves once a commit that started after the call is
- * visible in the store file (`committed`); durability is the caller's `store.flushed()`.
+ * visible in the store file (`committed`); durability is the caller's `store.flushed()`. A small
+ * commit is flushed at once only when an fsync waits for it (`commit(true)`), so that the
+ * `flushed()` after it has nothing left to do; for the others LMDB leaves the meta page unsynced
+ * (Store.commitSync).
  * `commitWith` runs a step of its own (freezing or deleting a snapshot) in a commit's transaction,
  * after the changes, so the step sees the store exactly as the volume is at that instant.
  */
@@ -43,6 +46,8 @@ export class Writeback {
   private readonly dirtyAgeMs: number
   private running: Promise<void> | null = null
   private queued: Promise<void> | null = null
+  /** An fsync waits for the next commit: make it durable if it is a synchronous one. */
+  private durableWanted = false
   private seq = 0
   private timer: NodeJS.Timeout | null = null
 
@@ -92,9 +97,11 @@ export class Writeback {
   /**
    * Resolves once everything changed before this call is committed; rejects if a commit failed.
    * Each commit carries every metadata change and up to COMMIT_BYTES of the oldest dirty pages,
-   * so this may take several.
+   * so this may take several. `durable` (an fsync, which calls `store.flushed()` next): the
+   * next commit is flushed at once if it is a small synchronous one.
    */
-  async commit (): Promise<void> {
+  async commit (durable = false): Promise<void> {
+    if (durable) this.durableWanted = true
     const mark = this.volume.cache.dirtyMark()
     await this.commitOnce()
     while (this.volume.cache.dirtyBefore(mark)) await this.commitOnce()
@@ -186,10 +193,12 @@ export class Writeback {
       applyChanges(volume, changes, pages, sectors)
       if (step !== undefined) step()
     }
+    const durable = this.durableWanted
+    this.durableWanted = false
     try {
       const small = step === undefined && volume.cache.dirtyPages <= SYNC_COMMIT_PAGES &&
         volume.changes.inodes.size + volume.changes.removed.size <= SYNC_COMMIT_INODES
-      if (small || blocking) volume.store.root.transactionSync(apply)
+      if (small || blocking) volume.store.commitSync(apply, durable || blocking)
       else {
         volume.store.unflushed = true
         // A child transaction, because it is rolled back when `apply` throws; lmdb-js commits

@@ -5,9 +5,10 @@
  *
  * Durability: LMDB transactions are the only way state changes on disk. A write is `committed`
  * once its transaction is visible in the store file, and `flushed` once it is on disk. A
- * synchronous transaction is flushed when it returns (LMDB syncs before it writes the meta page);
- * one on lmdb-js's writer thread is committed first and flushed a moment later by that thread.
- * `flushed()` makes sure of the latter with a small synchronous transaction, which cannot finish
+ * synchronous transaction is flushed when it returns (LMDB syncs before it writes the meta page),
+ * unless `commitSync` was told it need only be committed; one on lmdb-js's writer thread is
+ * committed first and flushed a moment later by that thread. `flushed()` makes sure of both
+ * with a small synchronous transaction, which cannot finish
  * before the writer thread's sync: lmdb-js's own `flushed` promise never settles again once a
  * commit has failed (a full disk), so it is not used. Stores are safe to share between
  * processes; one process must open a store only once (LMDB refuses a second environment in one
@@ -15,7 +16,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { open, type Database, type RootDatabase } from 'lmdb'
+import { open, TransactionFlags, type Database, type RootDatabase } from 'lmdb'
 import createDebug from 'debug'
 import { FsError, UserError } from '../errors.js'
 import { ROOT_INO, type FormatRecord, type InodeRecord, type SnapshotRecord, type VolumeRecord } from './records.js'
@@ -31,6 +32,12 @@ const debug = createDebug('snapfs:store')
  * in the background: a v2 program would read a volume in the middle of one as if it were whole.
  */
 export const FORMAT_VERSION = 3
+
+/** lmdb-js's flags of a synchronous transaction: abortable, committed before it returns. */
+const SYNC_TRANSACTION = TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT
+
+/** LMDB's MDB_NOMETASYNC: a commit syncs the pages it wrote and writes its meta page unsynced. */
+const NO_META_SYNC = 0x40000
 
 /** Default data block size: a 64 KiB value costs 17 LMDB pages (6 % overhead, DESIGN.md). */
 export const DEFAULT_BLOCK_SIZE = 64 * 1024
@@ -283,7 +290,22 @@ export class Store {
     this.root.transactionSync(() => { this.meta.putSync('flushed', Date.now()) })
   }
 
-  /** Set when a transaction committed on lmdb-js's writer thread may not be flushed yet. */
+  /**
+   * Runs `apply` in a synchronous transaction. A `durable` one is flushed when this returns.
+   * Otherwise it is committed: LMDB syncs the pages it wrote but not its meta page
+   * (MDB_NOMETASYNC), one disk flush instead of two. It survives the daemon's death; a crash of
+   * the machine before the next flush may undo it, whole, and never leaves the store damaged.
+   */
+  commitSync (apply: () => void, durable: boolean): void {
+    if (durable) {
+      this.root.transactionSync(apply)
+      return
+    }
+    this.root.transactionSync(apply, SYNC_TRANSACTION | NO_META_SYNC)
+    this.unflushed = true
+  }
+
+  /** Set when a committed transaction may not be flushed yet (see commitSync and the top of the file). */
   unflushed = false
 
   /** Returns once every committed transaction is flushed to disk (see the top of the file). */
