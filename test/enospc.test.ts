@@ -10,7 +10,8 @@ import t from 'tap'
 import { mkdtemp, rm, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import { mountsAt, run, snapfs } from './helpers/mount.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { mountsAt, pidsMentioning, run, snapfs } from './helpers/mount.js'
 
 t.setTimeout(5 * 60_000)
 
@@ -23,6 +24,9 @@ t.test('a full disk gives the writer ENOSPC and loses nothing', async t => {
   await mkdir(disk)
   t.teardown(async () => {
     await snapfs(['umount', '--force', mnt])
+    // The daemon answers the unmount just before it exits; until then its map of the store
+    // keeps the image's file system busy.
+    for (let waited = 0; (await pidsMentioning(store)).length > 0 && waited < 10_000; waited += 50) await sleep(50)
     await run('umount', [disk])
     await rm(dir, { recursive: true, force: true })
   })
