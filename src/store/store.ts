@@ -7,10 +7,10 @@
  * once its transaction is visible in the store file, and `flushed` once it is on disk. A
  * synchronous transaction is flushed when it returns (LMDB syncs before it writes the meta page),
  * unless `commitSync` was told it need only be committed; one on lmdb-js's writer thread is
- * committed first and flushed a moment later by that thread. `flushed()` makes sure of both
- * with a small synchronous transaction, which cannot finish
- * before the writer thread's sync: lmdb-js's own `flushed` promise never settles again once a
- * commit has failed (a full disk), so it is not used. Stores are safe to share between
+ * committed first and flushed a moment later by that thread. `flushed()` makes sure of both with
+ * a small synchronous transaction, which cannot finish before the writer thread's sync: lmdb-js's
+ * own `flushed` promise never settles again once a commit has failed (a full disk), so it is not
+ * used. Stores are safe to share between
  * processes; one process must open a store only once (LMDB refuses a second environment in one
  * process).
  */
@@ -297,12 +297,8 @@ export class Store {
    * the machine before the next flush may undo it, whole, and never leaves the store damaged.
    */
   commitSync (apply: () => void, durable: boolean): void {
-    if (durable) {
-      this.root.transactionSync(apply)
-      return
-    }
-    this.root.transactionSync(apply, SYNC_TRANSACTION | NO_META_SYNC)
-    this.unflushed = true
+    this.root.transactionSync(apply, durable ? SYNC_TRANSACTION : SYNC_TRANSACTION | NO_META_SYNC)
+    if (!durable) this.unflushed = true
   }
 
   /** Set when a committed transaction may not be flushed yet (see commitSync and the top of the file). */
